@@ -1,0 +1,39 @@
+# `make demo` and `make test` do all the set-up on a fresh machine: a virtual
+# environment in .venv/, the pinned stack, and this project built in place.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.pan-installed
+STACK  := torch==2.14.1 torchvision==0.29.1 triton==3.8.0
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+PYTEST_ARGS ?=
+
+.PHONY: all install test demo bench gpu-check clean
+
+all: test
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+
+# Rebuilt whenever a C++/CUDA source or the build description changes.
+$(STAMP): $(PY) $(SOURCES)
+	$(PY) -m pip install -q $(STACK) numpy
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS) tests
+
+demo: $(STAMP)
+	$(PY) -m pan_model.cli demo
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds
+
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build *.egg-info pan_ops/_C*.so

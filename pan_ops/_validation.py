@@ -1,0 +1,48 @@
+"""Input checks of the Python entry points; the C++ kernels run the same checks
+(csrc/weighted_pool.cpp) so direct torch.ops calls fail just as clearly."""
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(list(t.shape))
+
+
+def check_inputs(features: torch.Tensor, masks: torch.Tensor, eps: float) -> None:
+    for name, t in (("features", features), ("masks", masks)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"weighted_pool: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if features.dim() != 4:
+        raise ValueError(f"weighted_pool: features must be 4-D [B,C,H,W], got shape {_shape(features)}")
+    if masks.dim() != 4:
+        raise ValueError(f"weighted_pool: masks must be 4-D [B,P,H,W], got shape {_shape(masks)}")
+    if features.shape[0] != masks.shape[0]:
+        raise ValueError(
+            "weighted_pool: features and masks must have the same batch size, got features "
+            f"{_shape(features)} and masks {_shape(masks)}"
+        )
+    if features.shape[2:] != masks.shape[2:]:
+        raise ValueError(
+            "weighted_pool: features and masks must have the same spatial size (H, W), got features "
+            f"{_shape(features)} and masks {_shape(masks)}"
+        )
+    for name, t in (("features", features), ("masks", masks)):
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(
+                f"weighted_pool: {name} must be float16, bfloat16, float32 or float64, got {t.dtype} "
+                f"({name} shape {_shape(t)})"
+            )
+    if features.dtype != masks.dtype:
+        raise TypeError(
+            f"weighted_pool: features and masks must have the same dtype, got features {features.dtype} "
+            f"and masks {masks.dtype}"
+        )
+    if features.device != masks.device:
+        raise RuntimeError(
+            f"weighted_pool: features and masks must be on the same device, got features on "
+            f"{features.device} and masks on {masks.device}"
+        )
+    if not eps > 0:
+        raise ValueError(f"weighted_pool: eps must be > 0, got {eps}")

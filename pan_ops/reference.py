@@ -1,0 +1,33 @@
+"""Pure-PyTorch weighted pooling: the ground truth every kernel is tested against.
+
+    S[b,p]   = max(sum_hw |M[b,p,h,w]|, eps)
+    f[b,p,c] = sum_hw F[b,c,h,w] * M[b,p,h,w] / S[b,p]
+
+Autograd differentiates exactly this expression (sign(0) = 0; the clamp passes
+no gradient where the sum is below eps). Half dtypes are computed in float32 and
+the result is returned in the input dtype, as the kernels do.
+"""
+
+import torch
+
+__all__ = ["weighted_pool", "weighted_pool_naive"]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """einsum + abs-sum + divide; [B,C,H,W] x [B,P,H,W] -> [B,P,C]."""
+    dtype = _compute_dtype(features.dtype)
+    f, m = features.to(dtype), masks.to(dtype)
+    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    pooled = torch.einsum("bchw,bphw->bpc", f, m)
+    return (pooled / area.unsqueeze(-1)).to(features.dtype)
+
+
+def weighted_pool_naive(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The literal broadcast form (materialises B x P x C x H x W): a benchmark baseline."""
+    area = masks.abs().sum(dim=(2, 3)).clamp_min(eps)
+    pooled = (features.unsqueeze(1) * masks.unsqueeze(2)).sum(dim=(3, 4))
+    return pooled / area.unsqueeze(-1)

@@ -1,0 +1,58 @@
+"""Builds pan_ops._C: the C++ CPU kernels always, the CUDA kernels when a CUDA
+toolkit is found (or FORCE_CUDA=1). Build with `pip install --no-build-isolation -e .`
+so the extension is compiled against the torch already installed."""
+
+import glob
+import os
+
+from setuptools import setup
+
+# torch infers CUDA_HOME from nvcc's location and can land on /usr/local; prefer
+# the canonical toolkit folder when it exists (DESIGN.md section 6).
+if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+# An empty arch list crashes torch's flag helper when no GPU is visible.
+os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "7.5;8.0;8.6;8.9;9.0+PTX")
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    if os.environ.get("FORCE_CUDA", "0") == "1":
+        return True
+    if os.environ.get("PAN_OPS_NO_CUDA", "0") == "1":
+        return False
+    return CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def extensions():
+    sources = [os.path.join("csrc", "weighted_pool.cpp"), os.path.join("csrc", "python_module.cpp")]
+    sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    # -march=native: the CPU kernel relies on the compiler vectorising its inner
+    # loops for the machine it is built on; PAN_OPS_MARCH="" turns it off.
+    march = os.environ.get("PAN_OPS_MARCH", "native")
+    cxx = ["-O3", "-fopenmp"] + ([f"-march={march}"] if march else [])
+    extra = {"cxx": cxx}
+    ext_cls = CppExtension
+    define_macros = []
+    if want_cuda():
+        sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+        extra["nvcc"] = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
+        ext_cls = CUDAExtension
+        define_macros.append(("PAN_OPS_WITH_CUDA", None))
+    return [
+        ext_cls(
+            name="pan_ops._C",
+            sources=sources,
+            include_dirs=[os.path.join(HERE, "csrc")],
+            extra_compile_args=extra,
+            extra_link_args=["-fopenmp"],
+            define_macros=define_macros,
+        )
+    ]
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

@@ -1,0 +1,49 @@
+"""Inputs and float64 ground truth shared by the op tests."""
+
+import torch
+
+# Relative (norm) error allowed against the float64 reference, per input dtype.
+REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
+LAYOUTS = ("contiguous", "channels_last", "strided")
+
+
+def make_tensor(shape, dtype, device, layout, generator):
+    """Random normal values (both signs) in the requested memory layout."""
+    b, c, h, w = shape
+    if layout == "strided":  # a non-contiguous view: every other channel, columns offset by one
+        base = torch.randn(b, 2 * c, h, w + 2, generator=generator, dtype=torch.float64)
+        t = base.to(device=device, dtype=dtype)[:, ::2, :, 1 : w + 1]
+        assert not t.is_contiguous() or t.numel() <= 1
+        return t
+    t = torch.randn(b, c, h, w, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
+    return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
+
+
+def make_inputs(B, C, H, W, P, dtype=torch.float32, device="cpu", layout="contiguous", seed=0, zero_parts=()):
+    g = torch.Generator().manual_seed(seed)
+    features = make_tensor((B, C, H, W), dtype, device, layout, g)
+    masks = make_tensor((B, P, H, W), dtype, device, layout, g)
+    if zero_parts:
+        with torch.no_grad():
+            masks[:, list(zero_parts)] = 0
+    return features, masks
+
+
+def ground_truth(features, masks, eps, grad_out=None):
+    """Literal formula in float64 (broadcast product), with autograd for the gradients."""
+    f = features.detach().to(torch.float64).requires_grad_(grad_out is not None)
+    m = masks.detach().to(torch.float64).requires_grad_(grad_out is not None)
+    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    out = (f.unsqueeze(1) * m.unsqueeze(2)).sum(dim=(3, 4)) / area.unsqueeze(-1)
+    if grad_out is None:
+        return out.detach(), None, None
+    out.backward(grad_out.to(torch.float64))
+    return out.detach(), f.grad, m.grad
+
+
+def rel_error(actual, expected):
+    actual = actual.detach().to(torch.float64).cpu()
+    expected = expected.detach().to(torch.float64).cpu()
+    assert torch.isfinite(actual).all(), "non-finite values in the result"
+    denom = expected.norm().clamp_min(1e-30)
+    return ((actual - expected).norm() / denom).item()
