@@ -8,8 +8,8 @@ a FLOP formula. See DESIGN.md section 2 for the exact contract.
 """
 
 from . import _library, reference
-from .functional import BACKENDS, available_backends, weighted_pool
+from .functional import BACKENDS, WeightedPool, available_backends, weighted_pool
 from .modules import MaskedWeightedPool
 
-__all__ = ["weighted_pool", "available_backends", "MaskedWeightedPool", "reference", "BACKENDS"]
+__all__ = ["weighted_pool", "available_backends", "WeightedPool", "MaskedWeightedPool", "reference", "BACKENDS"]
 __version__ = "0.1.0"

@@ -64,12 +64,12 @@ def register_fake_and_flops(forward_op, backward_op) -> None:
         return 2 * pool_flops(features_shape, masks_shape)
 
 
+def backward(ctx, grad):
+    features, masks = ctx.saved_tensors
+    grad_features, grad_masks = torch.ops.pan_ops.weighted_pool_backward(grad, features, masks, ctx.eps)
+    return grad_features, grad_masks, None
+
+
 if HAS_EXTENSION:
     register_fake_and_flops("pan_ops::weighted_pool", "pan_ops::weighted_pool_backward")
-
-    def _backward(ctx, grad):
-        features, masks = ctx.saved_tensors
-        grad_features, grad_masks = torch.ops.pan_ops.weighted_pool_backward(grad, features, masks, ctx.eps)
-        return grad_features, grad_masks, None
-
-    torch.library.register_autograd("pan_ops::weighted_pool", _backward, setup_context=setup_context)
+    torch.library.register_autograd("pan_ops::weighted_pool", backward, setup_context=setup_context)

@@ -91,3 +91,16 @@ def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6
     if name == "triton":
         return torch.ops.pan_ops.weighted_pool_triton(features, masks, eps)
     return reference.weighted_pool(features, masks, eps)
+
+
+class WeightedPool(torch.autograd.Function):
+    """The registered op as an autograd.Function, for code that composes Functions:
+    ``WeightedPool.apply(features, masks, eps)`` (C++ kernels, no input checks beyond
+    the op's own)."""
+
+    @staticmethod
+    def forward(features, masks, eps=1e-6):
+        return torch.ops.pan_ops.weighted_pool(features, masks, eps)
+
+    setup_context = staticmethod(_library.setup_context)
+    backward = staticmethod(_library.backward)

@@ -140,3 +140,17 @@ def test_backward_grad_shape_checked():
     f, m = make_inputs(2, 6, 4, 3, 5)
     with pytest.raises(ValueError, match=r"grad must have shape \[B,P,C\] = \[2, 5, 6\]"):
         torch.ops.pan_ops.weighted_pool_backward(torch.randn(2, 6, 5), f, m, 1e-6)
+
+
+@needs_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_autograd_function_matches_wrapper(device):
+    features, masks = make_inputs(2, 7, 5, 3, 4, torch.float64, device, seed=5)
+    f1, m1 = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+    f2, m2 = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+    out1 = pan_ops.WeightedPool.apply(f1, m1, 1e-6)
+    out2 = pan_ops.weighted_pool(f2, m2)
+    grad = torch.randn_like(out1)
+    out1.backward(grad)
+    out2.backward(grad)
+    assert torch.equal(out1, out2) and torch.equal(f1.grad, f2.grad) and torch.equal(m1.grad, m2.grad)
