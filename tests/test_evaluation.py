@@ -1,0 +1,88 @@
+"""Feature extraction and end-to-end evaluation with a small deterministic model."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pan_model.evaluation import evaluate, evaluate_features, extract_features
+from pan_model.metrics import compute_distance_matrix, evaluate_rank, re_ranking
+
+
+class ColumnModel(nn.Module):
+    """Features = a linear map of the per-column means (so a mirror image differs), in the
+    requested dtype; eval and train modes give different outputs."""
+
+    def __init__(self, width, dim, dtype=torch.float32):
+        super().__init__()
+        self.project = nn.Linear(3 * width, dim)
+        self.dtype = dtype
+
+    def forward(self, images):
+        features = self.project(images.mean(2).flatten(1))
+        return (features if not self.training else features + 100).to(self.dtype)
+
+
+def make_loader(seed, num_images, num_ids, batch_size, height=8, width=5):
+    generator = torch.Generator().manual_seed(seed)
+    pids = torch.randint(1, num_ids + 1, (num_images,), generator=generator)
+    camids = torch.randint(0, 3, (num_images,), generator=generator)
+    images = torch.randn(num_ids + 1, 3, height, width, generator=generator)[pids] + 0.8 * torch.randn(num_images, 3, height, width, generator=generator)
+    batches = []
+    for start in range(0, num_images, batch_size):
+        chunk = slice(start, start + batch_size)
+        batches.append((images[chunk], pids[chunk], camids[chunk], [f"img{i}.jpg" for i in range(start, min(start + batch_size, num_images))]))
+    return batches, images, pids.numpy(), camids.numpy()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_extract_features_keeps_order_flips_and_restores_mode(dtype):
+    torch.manual_seed(0)
+    model = ColumnModel(5, 7, dtype).train()
+    loader, images, pids, camids = make_loader(1, 29, 6, batch_size=8)
+    features, got_pids, got_camids = extract_features(model, loader, "cpu")
+    assert model.training  # left as it came
+    assert features.dtype == torch.float32 and features.shape == (29, 7)
+    np.testing.assert_array_equal(got_pids, pids)
+    np.testing.assert_array_equal(got_camids, camids)
+    model.eval()
+    with torch.no_grad():
+        plain = model(images).float()
+        flipped = ((model(images) + model(images.flip(3))) / 2).float()
+    torch.testing.assert_close(features, plain)
+    flip_features, _, _ = extract_features(model, loader, "cpu", flip=True)
+    torch.testing.assert_close(flip_features, flipped)
+    assert not torch.allclose(flip_features, plain)
+
+
+def test_empty_loader_is_an_error():
+    with pytest.raises(ValueError, match="no images"):
+        extract_features(ColumnModel(5, 3), [], "cpu")
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_evaluate_matches_metrics_on_extracted_features(metric):
+    torch.manual_seed(1)
+    model = ColumnModel(5, 11)
+    query_loader, query_images, q_pids, q_camids = make_loader(2, 23, 9, batch_size=6)
+    gallery_loader, gallery_images, g_pids, g_camids = make_loader(3, 71, 9, batch_size=16)
+    scores = evaluate(model, query_loader, gallery_loader, "cpu", metric=metric)
+    with torch.no_grad():
+        distmat = compute_distance_matrix(model.eval()(query_images), model(gallery_images), metric)
+    cmc, mean_ap, mean_inp = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+    assert scores["rank1"] == pytest.approx(cmc[0]) and scores["rank5"] == pytest.approx(cmc[4])
+    assert scores["rank10"] == pytest.approx(cmc[9])
+    assert scores["mAP"] == pytest.approx(mean_ap) and scores["mINP"] == pytest.approx(mean_inp)
+    assert scores["cmc"] == pytest.approx(cmc.tolist()) and len(scores["cmc"]) == 50
+
+
+def test_rerank_uses_squared_euclidean_distances():
+    generator = torch.Generator().manual_seed(4)
+    query, gallery = torch.randn(13, 6, generator=generator), torch.randn(40, 6, generator=generator)
+    q_pids, g_pids = np.arange(13) % 5 + 1, np.arange(40) % 5 + 1
+    q_camids, g_camids = np.zeros(13, int), np.ones(40, int)
+    scores = evaluate_features(query, gallery, q_pids, g_pids, q_camids, g_camids, rerank=True, max_rank=5)
+    distances = [compute_distance_matrix(a, b, "sqeuclidean") for a, b in ((query, gallery), (query, query), (gallery, gallery))]
+    cmc, mean_ap, _ = evaluate_rank(re_ranking(*distances), q_pids, g_pids, q_camids, g_camids, max_rank=5)
+    assert scores["mAP"] == pytest.approx(mean_ap) and scores["rank5"] == pytest.approx(cmc[4])
+    assert "rank10" not in scores  # beyond max_rank
