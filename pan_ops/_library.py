@@ -43,25 +43,29 @@ def setup_context(ctx, inputs, output):
     ctx.eps = eps
 
 
-def register_fake_and_flops(forward_op, backward_op) -> None:
-    """Fake kernels and FLOP formulas shared by the C++ op and the Triton op."""
+def register_flops(forward_op, backward_op) -> None:
+    """FLOP formulas for torch.utils.flop_counter, shared by the C++ and Triton ops."""
 
-    @torch.library.register_fake(forward_op)
-    def _(features, masks, eps=1e-6):
-        return features.new_empty((features.shape[0], masks.shape[1], features.shape[1]))
-
-    @torch.library.register_fake(backward_op)
-    def _(grad, features, masks, eps):
-        return torch.empty_like(features), torch.empty_like(masks)
-
-    @register_flop_formula(getattr(torch.ops.pan_ops, forward_op.split("::")[1]))
+    @register_flop_formula(forward_op)
     def _(features_shape, masks_shape, *args, **kwargs):
         return pool_flops(features_shape, masks_shape)
 
     # Backward: G = (g/S) @ F and dF = (g/S)^T @ M, two products of forward size.
-    @register_flop_formula(getattr(torch.ops.pan_ops, backward_op.split("::")[1]))
+    @register_flop_formula(backward_op)
     def _(grad_shape, features_shape, masks_shape, *args, **kwargs):
         return 2 * pool_flops(features_shape, masks_shape)
+
+
+def register_fakes() -> None:
+    """Shape-only kernels of the C++ ops, for FakeTensor tracing (torch.compile, export)."""
+
+    @torch.library.register_fake("pan_ops::weighted_pool")
+    def _(features, masks, eps=1e-6):
+        return features.new_empty((features.shape[0], masks.shape[1], features.shape[1]))
+
+    @torch.library.register_fake("pan_ops::weighted_pool_backward")
+    def _(grad, features, masks, eps):
+        return torch.empty_like(features), torch.empty_like(masks)
 
 
 def backward(ctx, grad):
@@ -71,5 +75,6 @@ def backward(ctx, grad):
 
 
 if HAS_EXTENSION:
-    register_fake_and_flops("pan_ops::weighted_pool", "pan_ops::weighted_pool_backward")
+    register_fakes()
+    register_flops(torch.ops.pan_ops.weighted_pool, torch.ops.pan_ops.weighted_pool_backward)
     torch.library.register_autograd("pan_ops::weighted_pool", backward, setup_context=setup_context)
