@@ -24,11 +24,18 @@ if not _schema_registered():
 HAS_EXTENSION = _schema_registered()
 
 
+# Dispatch keys the compiled library has kernels for, read once: torch.compile cannot
+# trace the dispatcher query, and the answer does not change after loading.
+KERNEL_KEYS = frozenset(
+    key
+    for key in ("CPU", "CUDA")
+    if HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("pan_ops::weighted_pool", key)
+)
+
+
 def has_kernel(dispatch_key: str) -> bool:
     """True when the compiled library registered a kernel for this dispatch key."""
-    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "pan_ops::weighted_pool", dispatch_key
-    )
+    return dispatch_key in KERNEL_KEYS
 
 
 def pool_flops(features_shape, masks_shape) -> int:

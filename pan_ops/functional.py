@@ -2,36 +2,31 @@
 
 import torch
 
-from . import _library, reference
+from . import _library, reference, triton_kernels
 from ._validation import check_inputs
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
 
-def _triton_available() -> bool:
-    from . import triton_kernels
-
-    return triton_kernels.AVAILABLE
+# GPU backends in the order "auto" tries them. Triton first: it is the GPU path measured
+# and tested on a GPU so far (benchmarks/RESULTS.md); the CUDA C++ kernel is awaiting
+# its first GPU run (benchmarks/gpu_check.sh).
+AUTO_GPU_ORDER = ("triton", "cuda")
 
 
 def available_backends(device: "str | torch.device | None" = None) -> list:
-    """Backends that can run here (on `device`'s type when given), fastest-first per device."""
+    """Backends that can run here (on `device`'s type when given); "auto" picks from these."""
     kinds = {"cpu", "cuda"} if device is None else {torch.device(device).type}
     names = []
-    if "cuda" in kinds and torch.cuda.is_available() and _library.has_kernel("CUDA"):
-        names.append("cuda")
-    if _triton_available() and ("cuda" in kinds and torch.cuda.is_available() or "cpu" in kinds and _interpreting()):
+    if "cuda" in kinds and torch.cuda.is_available():
+        usable = {"cuda": _library.has_kernel("CUDA"), "triton": triton_kernels.AVAILABLE}
+        names += [name for name in AUTO_GPU_ORDER if usable[name]]
+    if "cpu" in kinds and triton_kernels.AVAILABLE and triton_kernels.INTERPRET:
         names.append("triton")
     if "cpu" in kinds and _library.has_kernel("CPU"):
         names.append("cpu")
     names.append("reference")
-    return names
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return list(dict.fromkeys(names))
 
 
 def _resolve(backend: str, device: torch.device) -> str:
@@ -39,10 +34,7 @@ def _resolve(backend: str, device: torch.device) -> str:
         raise ValueError(f"weighted_pool: backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
         if device.type == "cuda":
-            for name in ("cuda", "triton"):
-                if name in available_backends(device):
-                    return name
-            return "reference"
+            return next((n for n in available_backends("cuda") if n in AUTO_GPU_ORDER), "reference")
         return "cpu" if device.type == "cpu" and _library.has_kernel("CPU") else "reference"
     if backend in ("cpu", "cuda"):
         if device.type != backend:
@@ -54,8 +46,8 @@ def _resolve(backend: str, device: torch.device) -> str:
                 f"weighted_pool: the {backend} kernel is not available; the compiled extension "
                 f"did not register it (extension error: {_library.EXTENSION_ERROR})"
             )
-    if backend == "triton" and not _triton_available():
-        raise RuntimeError("weighted_pool: backend='triton' needs the triton package")
+    if backend == "triton" and not triton_kernels.AVAILABLE:
+        raise RuntimeError("weighted_pool: backend='triton' needs the triton package (pip install triton)")
     return backend
 
 
