@@ -1,0 +1,86 @@
+"""ONNX export of a model's eval-mode forward (images -> retrieval features).
+
+pan_ops.weighted_pool is exported through its pure-PyTorch reference (an einsum, an
+absolute-value sum and a division), which every ONNX runtime runs with standard ops;
+the compiled kernels are a training/inference speed-up with the same result, not a
+different function, so nothing is lost in the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+INPUT_NAME = "images"
+OUTPUT_NAME = "features"
+
+
+@contextlib.contextmanager
+def _reference_pooling(model: nn.Module) -> Iterator[None]:
+    """Temporarily switch every module with a `pool_backend` to the reference backend."""
+    modules = [m for m in model.modules() if hasattr(m, "pool_backend")]
+    saved = [m.pool_backend for m in modules]
+    for m in modules:
+        m.pool_backend = "reference"
+    try:
+        yield
+    finally:
+        for m, backend in zip(modules, saved):
+            m.pool_backend = backend
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    input_size: tuple[int, int] = (256, 128),
+    opset_version: int = 18,
+) -> Path:
+    """Write `model`'s eval forward to `path` as a self-contained ONNX file with a dynamic
+    batch dimension: input "images" [B, 3, H, W] float32 -> output "features" [B, D]."""
+    path = Path(path)
+    parameter = next(model.parameters())
+    example = torch.randn(2, 3, *input_size, device=parameter.device)  # batch 2: 0 and 1 get specialised
+    batch = torch.export.Dim("batch", min=1)
+    was_training = model.training
+    model.eval()
+    try:
+        with _reference_pooling(model), torch.no_grad():
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset_version,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+    finally:
+        model.train(was_training)
+    return path
+
+
+def onnx_agreement(model: nn.Module, path: Union[str, os.PathLike], images: torch.Tensor) -> float:
+    """Smallest per-image cosine similarity between the model's eval features and those
+    onnxruntime computes from the file at `path` for the same `images`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_features,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.detach().cpu().float().numpy()})
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            torch_features = model(images.to(next(model.parameters()).device)).float().cpu()
+    finally:
+        model.train(was_training)
+    cosine = torch.nn.functional.cosine_similarity(torch_features, torch.from_numpy(np.asarray(onnx_features)), dim=1)
+    return cosine.min().item()

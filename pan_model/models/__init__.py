@@ -1,0 +1,69 @@
+"""Re-id models: PAN and its PCB and global-only baselines.
+
+    model = build_model("pan", num_classes=751)            # paper defaults
+    model.train(); out = model(images)   # dict: global_logits, local_logits, triplet_feature, feature, masks
+    model.eval();  f_cat = model(images) # [B, model.feature_dim] = [B, 512 + 14 * 256]
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+from .base import ReIDModel
+from .global_model import GlobalModel
+from .pan import PAN
+from .pcb import PCB
+
+ARCHITECTURES = {"pan": PAN, "pcb": PCB, "global": GlobalModel}
+
+# Every option any architecture accepts, at PAN's defaults. A shared config may pass all of
+# them to every architecture: options an architecture does not use are dropped when left at
+# these values and rejected otherwise, so a setting never silently does nothing.
+OPTION_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(PAN).parameters.items()
+    if name != "num_classes"
+}
+
+
+def build_model(arch: str, num_classes: int, **options) -> ReIDModel:
+    """Build "pan", "pcb" or "global" with `options` (see OPTION_DEFAULTS and each class)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+    if unknown:
+        raise TypeError(f"build_model: unknown option(s) {unknown}; valid options are {sorted(OPTION_DEFAULTS)}")
+    cls = ARCHITECTURES[arch]
+    accepted = [name for name in inspect.signature(cls).parameters if name != "num_classes"]
+    ignored = {name: value for name, value in options.items() if name not in accepted}
+    misused = sorted(name for name, value in ignored.items() if value != OPTION_DEFAULTS[name])
+    if misused:
+        settings = ", ".join(f"{name}={ignored[name]!r}" for name in misused)
+        raise ValueError(f"build_model: {settings} does not apply to arch {arch!r}, which accepts {sorted(accepted)}")
+    return cls(num_classes, **{name: value for name, value in options.items() if name in accepted})
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@torch.no_grad()
+def get_masks(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """PAN's part masks [B, P, h, w] for `images`, computed in eval mode (BN running statistics)."""
+    model = _unwrap(model)
+    if not hasattr(model, "compute_masks"):
+        raise ValueError(f"get_masks: {type(model).__name__} has no part masks; only PAN models have them")
+    was_training = model.training
+    model.eval()
+    try:
+        return model.compute_masks(images)
+    finally:
+        model.train(was_training)
+
+
+__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "get_masks"]
