@@ -48,3 +48,11 @@ def rel_error(actual, expected, floor=1e-3):
     expected = expected.detach().to(torch.float64).cpu()
     assert torch.isfinite(actual).all(), "non-finite values in the result"
     return ((actual - expected).norm() / expected.norm().clamp_min(floor)).item()
+
+
+def grad_masks_scale(features, masks, eps, grad_out):
+    """||G|| with G = (g/S) @ F, the first term of dM: the natural scale of dM. Where dM
+    cancels to zero (H = W = 1), errors are relative to this."""
+    f, m, g = (t.detach().to(torch.float64).cpu() for t in (features, masks, grad_out))
+    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    return torch.einsum("bpc,bchw->bphw", g / area.unsqueeze(-1), f).norm().item()

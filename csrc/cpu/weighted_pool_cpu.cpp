@@ -1,0 +1,520 @@
+// CPU kernels of pan_ops::weighted_pool and its fused backward.
+//
+//   S[b,p]   = max(sum_hw |M[b,p,hw]|, eps)
+//   f[b,p,c] = sum_hw F[b,c,hw] * M[b,p,hw] / S[b,p]
+//
+// Backward (f is not saved), with gS = g / S:
+//   G[p,hw]  = sum_c gS[p,c] F[c,hw]
+//   dF[c,hw] = sum_p gS[p,c] M[p,hw]
+//   dM[p,hw] = G[p,hw] - sign(M[p,hw]) * sum_hw' G[p,hw'] M[p,hw'] / S[p]   (0 where S was clamped)
+//
+// All three products run through one register-blocked kernel (`gemm_panel`): a block
+// of rows of its left operand, read element by element through arbitrary strides and
+// broadcast, times one cache line of its right operand, read as vectors. F is read in
+// place whatever its layout: with HW contiguous (NCHW) it is the left operand, walked
+// along its rows; with C contiguous (channels_last) it is the right operand of the
+// forward, read in vectors of channels, and the left operand of G, walked along C.
+// Half types are widened as they are read.
+//
+// Work is split over (sample, channel tile) with tiles of a fixed size, and every sum
+// runs in a fixed order, so results are bitwise identical for any thread count.
+#include "weighted_pool.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <type_traits>
+#include <vector>
+
+namespace pan_ops {
+namespace {
+
+// Channels per parallel task. Fixed, so the reduction order never depends on threads.
+constexpr int64_t kChannelTile = 128;
+// Steps ahead at which far-apart lines of the right operand are prefetched.
+constexpr int64_t kPrefetchSteps = 8;
+// Channels per step of the G accumulation: keeps the F lines being walked in L1.
+constexpr int64_t kChannelStep = 32;
+
+// Register block of the product kernel: kBlockRows rows of the left operand times one
+// 64-byte line of the right operand (16 floats or 8 doubles). GCC/Clang vector types
+// pin the accumulators to registers; plain loops over a local array were 40x slower
+// (the array stayed in memory), and at::vec::Vectorized compiles to its scalar
+// fallback in an extension, which does not define CPU_CAPABILITY.
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64;
+constexpr int kBlockRows = 8;  // 8 of the 32 zmm registers hold accumulators
+#else
+constexpr int kVectorBytes = 32;
+constexpr int kBlockRows = 6;  // 12 of the 16 ymm registers hold accumulators
+#endif
+// With 32 vector registers all parts (up to 16) of a line of channels fit one block,
+// so the channels_last forward reads each line of F once.
+constexpr int kPartBlockRows = kVectorBytes == 64 ? 16 : kBlockRows;
+constexpr int kBlockBytes = 64;
+template <typename acc_t>
+constexpr int64_t kBlockCols = kBlockBytes / sizeof(acc_t);
+
+template <typename T>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(kVectorBytes)));
+};
+
+int64_t round_up(int64_t n, int64_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+int64_t ceil_div(int64_t n, int64_t d) {
+  return (n + d - 1) / d;
+}
+
+// Stride of the flattened index h * W + w, when (H, W) collapse into one dimension.
+std::optional<int64_t> flat_spatial_stride(const at::Tensor& t) {
+  const int64_t height = t.size(2), width = t.size(3);
+  if (width == 1) return t.stride(2);
+  if (height == 1 || t.stride(2) == width * t.stride(3)) return t.stride(3);
+  return std::nullopt;
+}
+
+// fn(s, offset) for every position of the (H, W) plane of a 4-D tensor, in the order
+// s = h * W + w, with offset = h * stride(2) + w * stride(3).
+template <typename Fn>
+inline void for_each_position(const at::Tensor& t, const Fn& fn) {
+  const int64_t height = t.size(2), width = t.size(3), stride_h = t.stride(2), stride_w = t.stride(3);
+  for (int64_t h = 0, s = 0; h < height; ++h) {
+    for (int64_t w = 0; w < width; ++w, ++s) fn(s, h * stride_h + w * stride_w);
+  }
+}
+
+// A [B, C, HW] view of a 4-D tensor whose spatial dimensions collapse.
+template <typename T>
+struct ChannelsBySpace {
+  T* data;
+  int64_t batch_stride, channel_stride, spatial_stride;
+
+  ChannelsBySpace(const at::Tensor& t, int64_t flat_stride)
+      : data(t.data_ptr<std::remove_const_t<T>>()),
+        batch_stride(t.stride(0)),
+        channel_stride(t.stride(1)),
+        spatial_stride(flat_stride) {}
+
+  T* sample(int64_t b) const { return data + b * batch_stride; }
+};
+
+// Invokes fn(std::integral_constant<int, R>) with R = min(n, kMax) known at compile time.
+template <int kMax, typename Fn>
+void with_block_rows(int64_t n, Fn&& fn) {
+  if constexpr (kMax > 1) {
+    if (n < kMax) return with_block_rows<kMax - 1>(n, std::forward<Fn>(fn));
+  }
+  fn(std::integral_constant<int, kMax>{});
+}
+
+// One row of a register block: kBlockCols sums held as vectors, with the ways the
+// kernels hand them on. Whole lines move as vectors; element access is for the rest.
+template <typename acc_t>
+struct SumLine {
+  using vec_t = typename VectorOf<acc_t>::type;
+  static constexpr int kLanes = sizeof(vec_t) / sizeof(acc_t);
+  static constexpr int kVectors = kBlockCols<acc_t> / kLanes;
+  vec_t vectors[kVectors];
+
+  acc_t operator[](int64_t j) const { return vectors[j / kLanes][j % kLanes]; }
+
+  void divide(acc_t divisor) {
+    for (int v = 0; v < kVectors; ++v) vectors[v] /= divisor;
+  }
+
+  // Divides element-wise by a whole line of divisors.
+  void divide(const acc_t* divisors) {
+    for (int v = 0; v < kVectors; ++v) {
+      vec_t divisor;
+      std::memcpy(&divisor, divisors + v * kLanes, sizeof(divisor));
+      vectors[v] /= divisor;
+    }
+  }
+
+  // dst[j] = line[j] (converted) for j < count.
+  template <typename out_t>
+  void store(out_t* dst, int64_t count) const {
+    if constexpr (std::is_same_v<out_t, acc_t>) {
+      if (count == kBlockCols<acc_t>) return (void)std::memcpy(dst, vectors, sizeof(vectors));
+    }
+    for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<out_t>((*this)[j]);
+  }
+
+  // dst[j] += line[j] over the whole line.
+  void add_to(acc_t* dst) const {
+    for (int v = 0; v < kVectors; ++v) {
+      vec_t sum;
+      std::memcpy(&sum, dst + v * kLanes, sizeof(sum));
+      sum += vectors[v];
+      std::memcpy(dst + v * kLanes, &sum, sizeof(sum));
+    }
+  }
+};
+
+// What the product kernel prefetches, chosen by each caller for its walk through F
+// (the hardware prefetchers do not follow these interleaved or page-striding walks).
+enum class Prefetch {
+  kNone,
+  // a's rows run along the depth (F in NCHW, forward): the next block of rows, one
+  // cache line per row every line-length of steps.
+  kNextRows,
+  // The same, into L2 only: a's rows lie a page or more apart (F in channels_last, G)
+  // and would share an L1 set with the current ones.
+  kNextRowsToL2,
+  // a's rows sit side by side in one line (F in NCHW, G): the same rows one line
+  // further along, every step.
+  kNextLine,
+  // b's lines lie a page or more apart (F in channels_last, forward): kPrefetchSteps on.
+  kFarB,
+};
+
+template <Prefetch kPrefetch>
+using PrefetchTag = std::integral_constant<Prefetch, kPrefetch>;
+
+// A line of b, widened, as vectors: whole (kFull) or its first `count` elements.
+template <bool kFull, typename acc_t, typename b_t>
+inline void load_line(typename SumLine<acc_t>::vec_t* dst, const b_t* src, int64_t count) {
+  acc_t values[kBlockCols<acc_t>] = {};
+  if constexpr (kFull) {
+    if constexpr (std::is_same_v<b_t, acc_t>) return (void)std::memcpy(dst, src, kBlockBytes);
+    for (int64_t j = 0; j < kBlockCols<acc_t>; ++j) values[j] = static_cast<acc_t>(src[j]);
+  } else {
+    for (int64_t j = 0; j < count; ++j) values[j] = static_cast<acc_t>(src[j]);
+  }
+  std::memcpy(dst, values, kBlockBytes);
+}
+
+// acc[r][j] = sum_k a[r, k] * b[k, j] over kRows rows and one line of columns (all of
+// them present in b when kFull, else b_count), then store(r, acc[r]) hands each row to
+// the caller. Each a element is loaded once and broadcast against the line of b.
+template <int kRows, bool kFull, Prefetch kPrefetch, typename acc_t, typename a_t, typename b_t, typename Store>
+inline void micro_kernel(const a_t* a, int64_t a_row_stride, int64_t a_depth_stride, const b_t* b,
+                         int64_t b_depth_stride, int64_t b_count, int64_t depth, const Store& store) {
+  using Line = SumLine<acc_t>;
+  constexpr int64_t kLineElements = 64 / sizeof(a_t);
+  Line acc[kRows] = {};
+  for (int64_t k_line = 0; k_line < depth; k_line += kLineElements) {
+    for (int r = kRows; r < 2 * kRows; ++r) {
+      if constexpr (kPrefetch == Prefetch::kNextRows) __builtin_prefetch(a + r * a_row_stride + k_line);
+      if constexpr (kPrefetch == Prefetch::kNextRowsToL2) __builtin_prefetch(a + r * a_row_stride + k_line, 0, 2);
+    }
+    const int64_t k_end = std::min(depth, k_line + kLineElements);
+#pragma GCC unroll 4  // amortises the loop bookkeeping (about 20% faster)
+    for (int64_t k = k_line; k < k_end; ++k) {
+      if constexpr (kPrefetch == Prefetch::kFarB) __builtin_prefetch(b + (k + kPrefetchSteps) * b_depth_stride);
+      typename Line::vec_t b_line[Line::kVectors];
+      load_line<kFull, acc_t>(b_line, b + k * b_depth_stride, b_count);
+      const a_t* a_column = a + k * a_depth_stride;
+      if constexpr (kPrefetch == Prefetch::kNextLine) __builtin_prefetch(a_column + kLineElements);
+      for (int r = 0; r < kRows; ++r) {
+        const acc_t a_value = static_cast<acc_t>(a_column[r * a_row_stride]);
+        for (int v = 0; v < Line::kVectors; ++v) acc[r].vectors[v] += a_value * b_line[v];
+      }
+    }
+  }
+  for (int r = 0; r < kRows; ++r) store(r, acc[r]);
+}
+
+// out[i, j] = sum_k a[i, k] * b[k, j] for i < rows, j < cols, delivered in row pieces
+// as store(i, j0, line, count): line[t] = out[i, j0 + t] for t < count. `a` is read
+// through strides, kMaxRows rows at a time; `b` is read in lines along j, b_cols wide
+// (b_cols >= cols: lines zero-padded to whole vectors read faster).
+template <typename acc_t, int kMaxRows, Prefetch kPrefetch, typename a_t, typename b_t, typename Store>
+void gemm_panel(const a_t* a, int64_t a_row_stride, int64_t a_depth_stride, int64_t rows, const b_t* b,
+                int64_t b_depth_stride, int64_t b_cols, int64_t cols, int64_t depth, const Store& store) {
+  constexpr int64_t kCols = kBlockCols<acc_t>;
+  for (int64_t i0 = 0; i0 < rows; i0 += kMaxRows) {
+    with_block_rows<kMaxRows>(rows - i0, [&](auto block_rows) {
+      constexpr int kRows = decltype(block_rows)::value;
+      for (int64_t j0 = 0; j0 < cols; j0 += kCols) {
+        const int64_t count = std::min(kCols, cols - j0), b_count = std::min(kCols, b_cols - j0);
+        const auto row_store = [&](int r, const SumLine<acc_t>& line) { store(i0 + r, j0, line, count); };
+        const a_t* a_block = a + i0 * a_row_stride;
+        if (b_count == kCols) {
+          micro_kernel<kRows, true, kPrefetch, acc_t>(a_block, a_row_stride, a_depth_stride, b + j0, b_depth_stride,
+                                                     b_count, depth, row_store);
+        } else {
+          micro_kernel<kRows, false, kPrefetch, acc_t>(a_block, a_row_stride, a_depth_stride, b + j0, b_depth_stride,
+                                                      b_count, depth, row_store);
+        }
+      }
+    });
+  }
+}
+
+// The masks of every sample in the accumulation type, in the two zero-padded layouts
+// the kernels use as right operands, plus sum_hw |M|.
+template <typename scalar_t>
+struct MaskPanels {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t parts, space, parts_padded, space_padded;
+  std::vector<acc_t> by_part;   // [B][P][HW padded]: M (only when asked for)
+  std::vector<acc_t> by_space;  // [B][HW][P padded]: M^T
+  std::vector<acc_t> abs_sum;   // [B][P]
+
+  MaskPanels(const at::Tensor& masks, bool with_by_part)
+      : parts(masks.size(1)),
+        space(masks.size(2) * masks.size(3)),
+        parts_padded(round_up(parts, kBlockCols<acc_t>)),
+        space_padded(round_up(space, kBlockCols<acc_t>)),
+        by_part(with_by_part ? masks.size(0) * parts * space_padded : 0),
+        by_space(masks.size(0) * space * parts_padded),
+        abs_sum(masks.size(0) * parts) {
+    const scalar_t* data = masks.data_ptr<scalar_t>();
+    at::parallel_for(0, masks.size(0), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        for (int64_t p = 0; p < parts; ++p) {
+          const scalar_t* plane = data + b * masks.stride(0) + p * masks.stride(1);
+          acc_t total = 0;
+          for_each_position(masks, [&](int64_t s, int64_t offset) {
+            const acc_t m = static_cast<acc_t>(plane[offset]);
+            if (with_by_part) by_part[(b * parts + p) * space_padded + s] = m;
+            by_space[(b * space + s) * parts_padded + p] = m;
+            total += std::abs(m);
+          });
+          abs_sum[b * parts + p] = total;
+        }
+      }
+    });
+  }
+
+  const acc_t* sample_by_part(int64_t b) const { return by_part.data() + b * parts * space_padded; }
+  const acc_t* sample_by_space(int64_t b) const { return by_space.data() + b * space * parts_padded; }
+  // S = max(sum |M|, eps); `clamped` where the clamp is active and passes no gradient.
+  acc_t area(int64_t b, int64_t p, double eps) const {
+    return std::max(abs_sum[b * parts + p], static_cast<acc_t>(eps));
+  }
+  bool clamped(int64_t b, int64_t p, double eps) const {
+    return !(abs_sum[b * parts + p] > static_cast<acc_t>(eps));
+  }
+};
+
+// features itself if its spatial dimensions collapse, else a contiguous copy.
+at::Tensor with_flat_space(const at::Tensor& features) {
+  return flat_spatial_stride(features) ? features : features.contiguous();
+}
+
+void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "weighted_pool (CPU kernel): ", name, " must be a CPU tensor, got ",
+              t.device());
+}
+
+at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps) {
+  check_forward_inputs(features_in, masks, eps);
+  check_cpu(features_in, "features");
+  at::Tensor out = at::empty(output_shape(features_in, masks), features_in.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor features = with_flat_space(features_in);
+  const int64_t batch = features.size(0), channels = features.size(1), parts = masks.size(1);
+  const int64_t tiles = ceil_div(channels, kChannelTile);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const ChannelsBySpace<const scalar_t> f(features, *flat_spatial_stride(features));
+    // channels_last: lines of channels are the right operand, read as vectors.
+    const bool channels_contiguous = f.channel_stride == 1 && f.spatial_stride != 1;
+    const MaskPanels<scalar_t> panels(masks, /*with_by_part=*/channels_contiguous);
+    scalar_t* out_data = out.data_ptr<scalar_t>();
+
+    at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+      // S padded with ones, so that whole lines of sums are divided at once.
+      std::vector<acc_t> area(panels.parts_padded, acc_t(1));
+      // out^T of a tile, [c][P padded]: the rows of out lie C apart and would share one
+      // cache set, so the tile is transposed into them once, line by line.
+      std::vector<acc_t> pooled(channels_contiguous ? 0 : kChannelTile * panels.parts_padded);
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / tiles, c0 = task % tiles * kChannelTile;
+        const int64_t tile_channels = std::min(kChannelTile, channels - c0);
+        for (int64_t p = 0; p < parts; ++p) area[p] = panels.area(b, p, eps);
+        const scalar_t* f_tile = f.sample(b) + c0 * f.channel_stride;
+        scalar_t* out_tile = out_data + b * parts * channels + c0;
+        if (channels_contiguous) {
+          // out[p, c] = sum_hw M[p, hw] F^T[hw, c] / S[p]
+          gemm_panel<acc_t, kPartBlockRows, Prefetch::kFarB>(
+              panels.sample_by_part(b), panels.space_padded, int64_t(1), parts, f_tile, f.spatial_stride,
+              tile_channels, tile_channels, panels.space,
+              [&](int64_t p, int64_t c_first, SumLine<acc_t> line, int64_t count) {
+                line.divide(area[p]);
+                line.store(out_tile + p * channels + c_first, count);
+              });
+          continue;
+        }
+        // out^T[c, p] = sum_hw F[c, hw] M^T[hw, p] / S[p]
+        const auto pool_tile = [&](auto prefetch) {
+          gemm_panel<acc_t, kBlockRows, decltype(prefetch)::value>(
+              f_tile, f.channel_stride, f.spatial_stride, tile_channels, panels.sample_by_space(b),
+              panels.parts_padded, panels.parts_padded, panels.parts_padded, panels.space,
+              [&](int64_t c, int64_t p0, SumLine<acc_t> line, int64_t count) {
+                line.divide(area.data() + p0);
+                line.store(pooled.data() + c * panels.parts_padded + p0, count);
+              });
+        };
+        if (f.spatial_stride == 1) {
+          pool_tile(PrefetchTag<Prefetch::kNextRows>{});
+        } else {
+          pool_tile(PrefetchTag<Prefetch::kNone>{});
+        }
+        for (int64_t p = 0; p < parts; ++p) {
+          for (int64_t c = 0; c < tile_channels; ++c) {
+            out_tile[p * channels + c] = static_cast<scalar_t>(pooled[c * panels.parts_padded + p]);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& features_in,
+                                                              const at::Tensor& masks, double eps) {
+  check_backward_inputs(grad, features_in, masks, eps);
+  check_cpu(features_in, "features");
+  at::Tensor grad_features = at::empty_like(features_in);
+  at::Tensor grad_masks = at::empty_like(masks);
+  // With no channels or no parts every gradient that exists is zero.
+  if (grad_features.numel() == 0 || grad_masks.numel() == 0) {
+    grad_features.zero_();
+    grad_masks.zero_();
+    return {grad_features, grad_masks};
+  }
+  const at::Tensor features = with_flat_space(features_in);
+  const at::Tensor grad_contiguous = grad.contiguous();  // [B, P, C]: small next to F
+  // dF is written in place unless its layout interleaves C between H and W.
+  const bool direct_grad_features = flat_spatial_stride(grad_features).has_value();
+  at::Tensor grad_features_flat = direct_grad_features ? grad_features : at::empty_like(features);
+  const int64_t batch = features.size(0), channels = features.size(1), parts = masks.size(1);
+  const int64_t tiles = ceil_div(channels, kChannelTile);
+  const int64_t df_spatial_stride = *flat_spatial_stride(grad_features_flat);
+  // dF is produced in lines along HW when that is its contiguous dimension, else along C.
+  const bool df_space_major = df_spatial_stride == 1;
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int64_t kCols = kBlockCols<acc_t>;
+    const MaskPanels<scalar_t> panels(masks, /*with_by_part=*/df_space_major);
+    const int64_t space = panels.space, parts_padded = panels.parts_padded;
+    const ChannelsBySpace<const scalar_t> f(features, *flat_spatial_stride(features));
+    const ChannelsBySpace<scalar_t> df(grad_features_flat, df_spatial_stride);
+    const scalar_t* g = grad_contiguous.data_ptr<scalar_t>();
+    // G^T partial sums: one [HW][P padded] panel per (sample, channel tile).
+    const at::Tensor partial_g = at::empty({batch * tiles * space * parts_padded},
+                                           grad.options().dtype(at::toOpMathType(grad.scalar_type())));
+    const auto partial_panel = [&, data = partial_g.data_ptr<acc_t>()](int64_t b, int64_t tile) {
+      return data + (b * tiles + tile) * space * parts_padded;
+    };
+
+    at::parallel_for(0, batch * tiles, 1, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> gs_by_channel, gs_by_part;
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / tiles, tile = task % tiles, c0 = tile * kChannelTile;
+        const int64_t tile_channels = std::min(kChannelTile, channels - c0);
+        const int64_t tile_padded = round_up(tile_channels, kCols);
+        // gS = g / S on this tile, as [p][C padded] and as [c][P padded].
+        gs_by_part.assign(parts * tile_padded, acc_t(0));
+        gs_by_channel.assign(tile_channels * parts_padded, acc_t(0));
+        for (int64_t p = 0; p < parts; ++p) {
+          const acc_t area = panels.area(b, p, eps);
+          const scalar_t* g_line = g + (b * parts + p) * channels + c0;
+          acc_t* gs_line = gs_by_part.data() + p * tile_padded;
+          for (int64_t c = 0; c < tile_channels; ++c) gs_line[c] = static_cast<acc_t>(g_line[c]) / area;
+          for (int64_t c = 0; c < tile_channels; ++c) gs_by_channel[c * parts_padded + p] = gs_line[c];
+        }
+
+        // G^T[hw, p] = sum_c F[c, hw] gS^T[c, p], accumulated a few channels at a time
+        // over whole padded lines (the padding of gS^T is zero).
+        acc_t* g_panel = partial_panel(b, tile);
+        std::fill(g_panel, g_panel + space * parts_padded, acc_t(0));
+        const scalar_t* f_tile = f.sample(b) + c0 * f.channel_stride;
+        const auto accumulate_g = [&](auto prefetch) {
+          for (int64_t c = 0; c < tile_channels; c += kChannelStep) {
+            gemm_panel<acc_t, kBlockRows, decltype(prefetch)::value>(
+                f_tile + c * f.channel_stride, f.spatial_stride, f.channel_stride, space,
+                gs_by_channel.data() + c * parts_padded, parts_padded, parts_padded, parts_padded,
+                std::min(kChannelStep, tile_channels - c),
+                [&](int64_t s, int64_t p0, const SumLine<acc_t>& line, int64_t) {
+                  line.add_to(g_panel + s * parts_padded + p0);
+                });
+          }
+        };
+        if (f.spatial_stride == 1) {
+          accumulate_g(PrefetchTag<Prefetch::kNextLine>{});
+        } else if (f.channel_stride == 1) {
+          accumulate_g(PrefetchTag<Prefetch::kNextRowsToL2>{});
+        } else {
+          accumulate_g(PrefetchTag<Prefetch::kNone>{});
+        }
+
+        scalar_t* df_tile = df.sample(b) + c0 * df.channel_stride;
+        if (df_space_major) {
+          // dF[c, hw] = sum_p gS^T[c, p] M[p, hw]
+          gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
+              gs_by_channel.data(), parts_padded, int64_t(1), tile_channels, panels.sample_by_part(b),
+              panels.space_padded, panels.space_padded, space, parts,
+              [&](int64_t c, int64_t s0, const SumLine<acc_t>& line, int64_t count) {
+                line.store(df_tile + c * df.channel_stride + s0, count);
+              });
+        } else {
+          // dF^T[hw, c] = sum_p M^T[hw, p] gS[p, c]
+          gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
+              panels.sample_by_space(b), parts_padded, int64_t(1), space, gs_by_part.data(), tile_padded,
+              tile_padded, tile_channels, parts,
+              [&](int64_t s, int64_t c_first, const SumLine<acc_t>& line, int64_t count) {
+                scalar_t* dst = df_tile + s * df.spatial_stride + c_first * df.channel_stride;
+                if (df.channel_stride == 1) return line.store(dst, count);
+                for (int64_t j = 0; j < count; ++j) dst[j * df.channel_stride] = static_cast<scalar_t>(line[j]);
+              });
+        }
+      }
+    });
+
+    scalar_t* dm = grad_masks.data_ptr<scalar_t>();
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        // G^T = sum of the channel tiles' partials, in tile order.
+        acc_t* g_total = partial_panel(b, 0);
+        for (int64_t tile = 1; tile < tiles; ++tile) {
+          const acc_t* g_tile = partial_panel(b, tile);
+          for (int64_t i = 0; i < space * parts_padded; ++i) g_total[i] += g_tile[i];
+        }
+        const acc_t* m = panels.sample_by_space(b);
+        for (int64_t p = 0; p < parts; ++p) {
+          // d/dM of 1/S: -sign(M) * sum_hw(G M / S), absent where the clamp is active.
+          // M / S before the sum: with one nonzero mask value it is exactly sign(M), so
+          // dM cancels to exactly zero there, as it does in exact arithmetic.
+          const acc_t area = panels.area(b, p, eps);
+          acc_t area_term = 0;
+          if (!panels.clamped(b, p, eps)) {
+            for (int64_t s = 0; s < space; ++s) {
+              area_term += g_total[s * parts_padded + p] * (m[s * parts_padded + p] / area);
+            }
+          }
+          scalar_t* dm_plane = dm + b * grad_masks.stride(0) + p * grad_masks.stride(1);
+          for_each_position(grad_masks, [&](int64_t s, int64_t offset) {
+            const acc_t mask = m[s * parts_padded + p];
+            const acc_t sign = static_cast<acc_t>((mask > 0) - (mask < 0));
+            dm_plane[offset] = static_cast<scalar_t>(g_total[s * parts_padded + p] - sign * area_term);
+          });
+        }
+      }
+    });
+  });
+  if (!direct_grad_features) grad_features.copy_(grad_features_flat);
+  return {grad_features, grad_masks};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pan_ops, CPU, m) {
+  m.impl("weighted_pool", &weighted_pool_cpu);
+  m.impl("weighted_pool_backward", &weighted_pool_backward_cpu);
+}
+
+}  // namespace pan_ops
