@@ -1,0 +1,318 @@
+"""`pan-reid`: the command line of the PAN project.
+
+    pan-reid synth --root data/synthetic ...         write the synthetic occluded dataset
+    pan-reid train CONFIG [key=value ...]            train (torchrun for several GPUs/nodes)
+    pan-reid eval --checkpoint CKPT [key=value ...]  Rank-1 / mAP / mINP of a trained model
+    pan-reid profile [CONFIG] [key=value ...]        parameters, MACs and FLOPs
+    pan-reid visualize --checkpoint CKPT             masks (paper Fig. 4), curves, CMC, retrievals
+    pan-reid export --checkpoint CKPT --output F     ONNX export
+    pan-reid demo                                    the whole story in minutes on a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .engine.run_log import LOG_NAME
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+TABLE_SCORES = (("Rank-1", "rank1"), ("Rank-5", "rank5"), ("mAP", "mAP"), ("mINP", "mINP"))
+
+
+def _resolved(config: Config, title: str) -> None:
+    print(f"# {title}\n{config.to_yaml()}", flush=True)
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=10 optim.lr=1e-4")
+
+
+def _split_config_argument(args) -> None:
+    """The optional positional CONFIG swallows the first override when no config is given
+    (``pan-reid train --resume ckpt train.epochs=50``): give it back to the overrides."""
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)
+        args.config = None
+
+
+def _device(name: str) -> torch.device:
+    from .engine.trainer import select_device
+
+    return select_device(name)
+
+
+# ---- train -------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import CHECKPOINT_NAME, train
+
+    _split_config_argument(args)
+    if args.config is None and args.resume in (None, "last"):
+        raise ConfigError("train needs a config file, or --resume CHECKPOINT to continue with that run's config")
+    if args.config is not None:
+        config = load_config(args.config, args.overrides)
+    else:
+        config = apply_overrides(config_from_dict(load_checkpoint(args.resume)["config"]), args.overrides)
+    if args.output_dir:
+        config = apply_overrides(config, [f"output_dir={args.output_dir}"])
+    resume = args.resume
+    if resume == "last":
+        resume = Path(config.output_dir) / CHECKPOINT_NAME
+    _resolved(config, "resolved config")
+    result = train(config, resume=resume)
+    if result["status"] == "interrupted":
+        return 130
+    _print_scores_table({"final model": result})
+    return 0
+
+
+# ---- eval --------------------------------------------------------------------------------
+def _model_and_config(args):
+    """The model of --checkpoint with its stored config, or --config, plus overrides."""
+    from .engine.checkpoint import load_model
+
+    device = _device(args.device)
+    model, config = load_model(args.checkpoint, map_location=device)
+    if args.config:
+        config = load_config(args.config)
+    return model, apply_overrides(config, args.overrides), device
+
+
+def _test_loaders(config: Config):
+    from torch.utils.data import DataLoader
+
+    from . import data
+    from .engine.loaders import prepare_dataset
+
+    dataset = prepare_dataset(config)
+    transform = data.build_transforms(config.data.height, config.data.width, is_train=False)
+
+    def loader(items):
+        return DataLoader(data.ImageDataset(items, transform), batch_size=config.data.test_batch_size, num_workers=config.data.num_workers)
+
+    return dataset, loader(dataset.query), loader(dataset.gallery)
+
+
+def cmd_eval(args) -> int:
+    from .evaluation import evaluate
+
+    model, config, device = _model_and_config(args)
+    _resolved(config, "evaluation config")
+    _, query_loader, gallery_loader = _test_loaders(config)
+    scores = evaluate(model, query_loader, gallery_loader, device, metric=config.eval.metric, flip=config.eval.flip, rerank=config.eval.rerank)
+    scores = {name: (np.asarray(value).tolist() if name == "cmc" else float(value)) for name, value in scores.items()}
+    output = Path(args.output) if args.output else Path(args.checkpoint).with_name("eval.json")
+    output.write_text(json.dumps({**scores, "checkpoint": str(args.checkpoint), "dataset": config.data.dataset}, indent=2) + "\n")
+    _print_scores_table({Path(args.checkpoint).name: scores})
+    print(f"scores written to {output}")
+    return 0
+
+
+# ---- profile -----------------------------------------------------------------------------
+def cmd_profile(args) -> int:
+    from . import build_model
+    from .profiling import profile_model
+
+    _split_config_argument(args)
+    config = load_config(args.config, [*args.overrides, "model.pretrained=null"])
+    size = tuple(args.input_size) if args.input_size else (config.data.height, config.data.width)
+    model = build_model(config.model.arch, args.num_classes, **config.model.options())
+    cost = profile_model(model, input_size=size)
+    print(f"{config.model.arch} ({config.model.backbone}) at {size[0]}x{size[1]}:")
+    print(f"  parameters (inference)      {cost['params'] / 1e6:8.2f} M")
+    print(f"  parameters (+ classifiers)  {cost['params_with_classifiers'] / 1e6:8.2f} M  ({args.num_classes} identities)")
+    print(f"  MACs per image              {cost['macs'] / 1e9:8.2f} G")
+    print(f"  FLOPs per image             {cost['flops'] / 1e9:8.2f} G")
+    print(f"  retrieval feature           {model.feature_dim} dims")
+    return 0
+
+
+# ---- visualize ---------------------------------------------------------------------------
+def write_figures(model, config: Config, folder: "str | Path", device: torch.device, run_log: "Path | None" = None, num_images: int = 6, top_k: int = 8) -> list[Path]:
+    """masks.png (PAN only), cmc.png, retrieval.png and, from a run's log.jsonl when there
+    is one, curves.png; returns the paths written."""
+    from . import data, visualization
+    from .engine.run_log import read_log
+    from .evaluation import extract_features
+    from .metrics import compute_distance_matrix, evaluate_rank
+    from .models import get_masks
+
+    folder = Path(folder)
+    dataset, query_loader, gallery_loader = _test_loaders(config)
+    size = (config.data.height, config.data.width)
+    chosen = np.linspace(0, len(dataset.query) - 1, min(num_images, len(dataset.query))).round().astype(int).tolist()
+    written = []
+    if model.num_parts and hasattr(model, "compute_masks"):
+        transform = data.build_transforms(*size, is_train=False)
+        items = [dataset.query[i] for i in chosen]
+        images = torch.stack([data.ImageDataset(items, transform)[i][0] for i in range(len(items))]).to(device)
+        masks = get_masks(model, images)
+        pictures = [visualization.load_rgb(path, size) for path, _, _ in items]
+        written.append(visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items]))
+    with torch.no_grad():
+        query_features, query_pids, query_cams = extract_features(model, query_loader, device)
+        gallery_features, gallery_pids, gallery_cams = extract_features(model, gallery_loader, device)
+    distances = compute_distance_matrix(query_features, gallery_features, config.eval.metric)
+    distances = distances.cpu().numpy() if isinstance(distances, torch.Tensor) else np.asarray(distances)
+    cmc, _, _ = evaluate_rank(distances, query_pids, gallery_pids, query_cams, gallery_cams)
+    written.append(visualization.plot_cmc({config.model.arch.upper(): list(cmc)}, folder / "cmc.png"))
+    written.append(visualization.plot_retrieval(distances, dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size))
+    if run_log is not None and run_log.is_file():
+        written.append(visualization.plot_training_curves(read_log(run_log), folder / "curves.png"))
+    return written
+
+
+def cmd_visualize(args) -> int:
+    model, config, device = _model_and_config(args)
+    folder = Path(args.output) if args.output else Path(args.checkpoint).parent
+    run_log = Path(args.checkpoint).parent / LOG_NAME
+    for path in write_figures(model, config, folder, device, run_log, args.num_images, args.top_k):
+        print(f"wrote {path}")
+    return 0
+
+
+# ---- export ------------------------------------------------------------------------------
+def cmd_export(args) -> int:
+    from .export import export_onnx, onnx_agreement
+
+    model, config, device = _model_and_config(args)
+    size = tuple(args.input_size) if args.input_size else (config.data.height, config.data.width)
+    path = export_onnx(model, args.output, input_size=size)
+    agreement = onnx_agreement(model, path, torch.randn(3, 3, *size, device=device))
+    print(f"wrote {path} (input images [B, 3, {size[0]}, {size[1]}] -> features [B, {model.feature_dim}]); "
+          f"onnxruntime vs PyTorch cosine similarity >= {agreement:.6f}")
+    return 0
+
+
+# ---- demo --------------------------------------------------------------------------------
+def chance_rank1(query: Sequence, gallery: Sequence) -> float:
+    """Expected Rank-1 of a random ranking under the protocol: the mean, over queries with a
+    match, of (matches / gallery items left after dropping same identity + same camera)."""
+    gallery_pids = np.array([pid for _, pid, _ in gallery])
+    gallery_cams = np.array([cam for _, _, cam in gallery])
+    rates = []
+    for _, pid, cam in query:
+        kept = ~((gallery_pids == pid) & (gallery_cams == cam))
+        matches = int((gallery_pids[kept] == pid).sum())
+        if matches:
+            rates.append(matches / int(kept.sum()))
+    return float(np.mean(rates))
+
+
+def _print_scores_table(rows: dict) -> None:
+    print("| model | " + " | ".join(label for label, _ in TABLE_SCORES) + " |")
+    print("| --- |" + " ---: |" * len(TABLE_SCORES))
+    for name, scores in rows.items():
+        cells = [f"{100 * scores[key]:.1f}" if key in scores else "-" for _, key in TABLE_SCORES]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def cmd_demo(args) -> int:
+    from .engine.checkpoint import load_model
+    from .engine.loaders import prepare_dataset
+    from .engine.trainer import CHECKPOINT_NAME, train
+
+    started = time.perf_counter()
+    gpu = torch.cuda.is_available()
+    config_path = Path(args.config) if args.config else CONFIG_DIR / ("demo_gpu.yaml" if gpu else "demo_cpu.yaml")
+    config = load_config(config_path, [f"output_dir={args.output_dir}", *args.overrides])
+    print(f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True)
+    dataset = prepare_dataset(config)
+    print(
+        f"synthetic occluded dataset in {config.data.root}: {dataset.num_train_pids} training identities "
+        f"({len(dataset.train)} images), {len(dataset.query)} queries, {len(dataset.gallery)} gallery images",
+        flush=True,
+    )
+    _resolved(config, "demo config")
+    result = train(config)
+    if result["status"] != "finished":
+        return 130
+    device = _device(config.train.device)
+    model, _ = load_model(Path(config.output_dir) / CHECKPOINT_NAME, map_location=device)
+    figures = write_figures(model, config, config.output_dir, device, Path(config.output_dir) / LOG_NAME)
+    chance = chance_rank1(dataset.query, dataset.gallery)
+    label = f"PAN-{config.model.backbone} {config.data.height}x{config.data.width}, {config.train.epochs} epochs"
+    print()
+    _print_scores_table({label: result, "random ranking (chance)": {"rank1": chance}})
+    print(f"\nwritten to {config.output_dir}/: {CHECKPOINT_NAME}, model_best.pt, metrics.json, log.jsonl, "
+          + ", ".join(path.name for path in figures))
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+# ---- entry point -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pan-reid", description="Part-Aware Network (PAN) for occluded person re-identification")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("synth", help="write the synthetic occluded dataset (pan-reid synth --help)", add_help=False)
+
+    train = commands.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", nargs="?", help="YAML config (configs/*.yaml)")
+    _overrides(train)
+    train.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint (default: the output folder's checkpoint_last.pt)")
+    train.add_argument("--output-dir", help="shorthand for output_dir=...")
+
+    def with_checkpoint(name: str, help_text: str, device: str = "auto") -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--checkpoint", required=True, help="model_best.pt or checkpoint_last.pt")
+        command.add_argument("--config", help="use this config instead of the one stored in the checkpoint")
+        command.add_argument("--device", default=device)
+        _overrides(command)
+        return command
+
+    evaluate = with_checkpoint("eval", "evaluate a checkpoint on its dataset's query/gallery")
+    evaluate.add_argument("--output", help="JSON file for the scores (default: eval.json next to the checkpoint)")
+
+    profile = commands.add_parser("profile", help="parameters, MACs and FLOPs of a model")
+    profile.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults, PAN-ResNet50)")
+    _overrides(profile)
+    profile.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
+    profile.add_argument("--num-classes", type=int, default=751, help="identities of the classifiers (default: Market-1501's 751)")
+
+    visualize = with_checkpoint("visualize", "mask figure (paper Fig. 4), CMC, retrieval strips and training curves")
+    visualize.add_argument("--output", help="folder for the PNGs (default: the checkpoint's folder)")
+    visualize.add_argument("--num-images", type=int, default=6)
+    visualize.add_argument("--top-k", type=int, default=8)
+
+    export = with_checkpoint("export", "export a checkpoint's model to ONNX", device="cpu")
+    export.add_argument("--output", required=True, help="the .onnx file to write")
+    export.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
+
+    demo = commands.add_parser("demo", help="synthesise data, train and evaluate PAN, draw its masks (minutes on a CPU)")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--config", help="default: configs/demo_gpu.yaml with a GPU, else configs/demo_cpu.yaml")
+    _overrides(demo)
+    return parser
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile, "visualize": cmd_visualize, "export": cmd_export, "demo": cmd_demo}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["synth"]:  # the data module owns its own arguments
+        from .data import synthetic
+
+        return synthetic.main(argv[1:]) or 0
+    args = build_parser().parse_args(argv)
+    from .engine.trainer import NonFiniteLossError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
+        print(f"pan-reid {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Experiment configuration: typed defaults, YAML files with inheritance, dotted overrides.
+
+A config file is a YAML mapping whose sections mirror the dataclasses below. It may start
+from other files with ``_base_: path.yaml`` (or a list of paths, merged in order), relative
+to the file itself; the file's own keys then override the base. Command-line overrides are
+``section.key=value`` strings whose value is parsed as YAML (``train.epochs=3``,
+``optim.milestones=[40,70]``, ``model.pretrained=null``). Every key is checked against the
+dataclasses, so a typo fails loudly with the list of valid keys instead of being ignored.
+
+Sections typed ``dict`` (``data.augment``, ``data.synthetic``) are passed through as keyword
+arguments to the data module, which checks their keys itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+import yaml
+
+BASE_KEY = "_base_"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not match the schema."""
+
+
+@dataclass
+class ModelConfig:
+    """Options of pan_model.build_model; null (None) leaves the architecture's own default
+    (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC per stripe)."""
+
+    arch: str = "pan"  # "pan" | "pcb" | "global"
+    backbone: str = "resnet50"  # resnet50 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    num_parts: Optional[int] = None  # P
+    local_dim: Optional[int] = None  # n_l
+    global_dim: Optional[int] = None  # N_g
+    shared_fc: Optional[bool] = None
+    mask_softmax: Optional[bool] = None
+    mask_source: Optional[str] = None  # conv50 | conv40 | conv41
+    local_source: Optional[str] = None  # conv51 | conv50
+    last_stride: int = 1
+    pretrained: Optional[str] = None  # backbone weights: a file, or "imagenet" (local cache)
+    pool_backend: str = "auto"  # backend of pan_ops.weighted_pool
+
+    def options(self) -> dict:
+        """Keyword arguments of pan_model.build_model: the fields set, but arch."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name != "arch" and value is not None}
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "market1501"
+    root: str = "data"
+    height: int = 256
+    width: int = 128
+    batch_size: int = 64  # images per optimiser step, summed over all processes
+    num_instances: int = 4  # images per identity in a PK batch
+    test_batch_size: int = 128
+    num_workers: int = 4
+    augment: dict = field(default_factory=dict)  # keyword arguments of data.build_transforms
+    synthetic: dict = field(default_factory=dict)  # keyword arguments of data.synthetic.generate
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+    triplet_margin: Optional[float] = None  # None: soft margin log(1 + exp(d_ap - d_an))
+    id_weight: float = 1.0  # on the mean of the global and local identity losses
+    triplet_weight: float = 1.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | sgd
+    lr: float = 3.5e-4
+    weight_decay: float = 5e-4
+    momentum: float = 0.9  # sgd only
+    warmup_epochs: int = 20
+    warmup_factor: float = 0.1  # the first epoch's lr is lr * warmup_factor (3.5e-5)
+    milestones: list[int] = field(default_factory=lambda: [60, 90])
+    gamma: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 120
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    amp: str = "auto"  # auto (bf16 on GPUs that support it) | none | bf16 | fp16
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    cpu_threads: Optional[int] = None  # torch.set_num_threads for CPU runs (null: PyTorch's default)
+    max_steps_per_epoch: Optional[int] = None  # cut epochs short (quick runs)
+    grad_clip: Optional[float] = None  # max global gradient norm
+    checkpoint_every: int = 10  # epochs
+    eval_every: int = 10  # epochs; the last epoch is always evaluated
+    best_metric: str = "mAP"  # rank1 | mAP | mINP: which score picks the best model
+    log_every: int = 20  # steps between loss records in log.jsonl
+    progress: bool = True  # progress bars
+
+
+@dataclass
+class EvalConfig:
+    metric: str = "euclidean"  # euclidean | cosine
+    flip: bool = False  # average features of the image and its mirror
+    rerank: bool = False  # k-reciprocal re-ranking
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/default"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_config(path: "str | Path | None" = None, overrides: Iterable[str] = ()) -> Config:
+    """The defaults, updated by the YAML file at `path` (with its bases), then by `overrides`."""
+    tree = _read_with_bases(Path(path), chain=()) if path is not None else {}
+    return apply_overrides(config_from_dict(tree), overrides)
+
+
+def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
+    """A copy of `config` with dotted ``key=value`` overrides applied (and checked)."""
+    tree = config.to_dict()
+    for override in overrides:
+        key, value = parse_override(override)
+        _set_dotted(tree, key, value)
+    return config_from_dict(tree)
+
+
+def config_from_dict(tree: dict) -> Config:
+    """Check `tree` against the schema (keys and types) and fill in the defaults."""
+    return _build(Config, tree, prefix="")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"optim.lr=1e-4"`` -> ``("optim.lr", 1e-4)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as error:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({error})") from None
+    return key, value
+
+
+def _read_with_bases(path: Path, chain: tuple) -> dict:
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"config inheritance cycle: {cycle}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    with open(path) as handle:
+        tree = yaml.safe_load(handle) or {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    bases = tree.pop(BASE_KEY, [])
+    merged: dict = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        _deep_update(merged, _read_with_bases(path.parent / base, chain + (path,)))
+    _deep_update(merged, tree)
+    return merged
+
+
+def _deep_update(target: dict, source: dict) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def _set_dotted(tree: dict, dotted_key: str, value: Any) -> None:
+    *parents, leaf = dotted_key.split(".")
+    node = tree
+    for depth, name in enumerate(parents):
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            prefix = ".".join(parents[: depth + 1])
+            raise ConfigError(f"override {dotted_key}: {prefix} is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _build(cls: type, tree: Any, prefix: str):
+    where = prefix.rstrip(".") or "the config"
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {tree!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in tree if key not in known]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+        raise ConfigError(f"unknown config key {prefix}{key}{hint}; valid keys of {where}: {', '.join(known)}")
+    values = {}
+    for name in known:
+        if name not in tree:
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, tree[name], prefix=f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(tree[name], kind, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """`value` checked against the annotation `kind`; ints widen to float, and strings such as
+    "1e-4" (which YAML 1.1 reads as text) become floats."""
+    origin = typing.get_origin(kind)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_kind,) = typing.get_args(kind)
+        return [_coerce(item, item_kind, f"{key}[{i}]") for i, item in enumerate(value)]
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")

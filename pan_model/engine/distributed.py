@@ -1,0 +1,70 @@
+"""torch.distributed set-up for runs launched by torchrun (one process per GPU, or several
+CPU processes): nccl on GPUs, gloo on CPU. A plain `python` launch is a world of one."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT); a no-op when WORLD_SIZE is absent or 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    context = DistributedContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return context
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device this process should use: its LOCAL_RANK'th GPU under torchrun."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True when `flag` is true in every process (the flag itself without a process group)."""
+    if not dist.is_initialized():
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def any_rank_true(flag: bool, device: torch.device) -> bool:
+    return not all_ranks_true(not flag, device)
+
+
+def destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

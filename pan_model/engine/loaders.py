@@ -1,0 +1,172 @@
+"""Data loaders of a training run, built so that a run can be resumed exactly.
+
+Every random augmentation of a training image draws from generators seeded by
+(run seed, rank, epoch, position in the epoch), not from whatever state a worker process
+happens to be in. The images of step k are then a pure function of the run's seed, so a
+resumed run, a run with a different number of workers and an uninterrupted run all see
+the same pixels, and resuming mid-epoch only needs the epoch and the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config
+from .distributed import DistributedContext
+
+
+class EpochSampler(Sampler):
+    """Wraps an index sampler with ``set_epoch``; yields (index, sample_seed) pairs of one
+    epoch, starting at position `start` (the samples consumed before a resume)."""
+
+    def __init__(self, sampler, seed: int, rank: int = 0):
+        self.sampler = sampler
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return max(len(self.sampler) - self.start, 0)
+
+    def __iter__(self):
+        for position, index in enumerate(self.sampler):
+            if position >= self.start:
+                yield int(index), sample_seed(self.seed, self.rank, self.epoch, position)
+
+    def state_dict(self) -> dict:
+        state = {"seed": self.seed, "epoch": self.epoch}
+        if hasattr(self.sampler, "state_dict"):
+            state["sampler"] = self.sampler.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a saved run's data stream (its seed); the wrapped sampler checks that the
+        batches have the saved shape."""
+        self.seed = state["seed"]
+        self.epoch = state["epoch"]
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])
+
+
+def sample_seed(*words: int) -> int:
+    """A well-mixed 63-bit seed from a few integers."""
+    low, high = np.random.SeedSequence([w & 0xFFFFFFFF for w in words]).generate_state(2)
+    return (int(high) << 31 | int(low) >> 1) & 0x7FFFFFFFFFFFFFFF
+
+
+class SeededDataset(Dataset):
+    """``dataset[index]`` evaluated with Python, NumPy and torch generators seeded by the
+    key's seed; the caller's generator states are left untouched."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with seeded_generators(seed):
+            return self.dataset[index]
+
+
+@contextlib.contextmanager
+def seeded_generators(seed: int):
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed & 0xFFFFFFFF)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.set_rng_state(saved[2])
+
+
+def _ignore_interrupts(_worker_id: int) -> None:
+    """Ctrl-C (and `timeout`, `kill -- -PGID`) signal the whole process group; workers leave
+    the signal to the main process, which finishes the step, writes a checkpoint and then
+    shuts them down (a worker also exits by itself when the main process dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@dataclass
+class RunData:
+    dataset: object  # .train / .query / .gallery / .num_train_pids
+    train_loader: DataLoader
+    epoch_sampler: EpochSampler
+    query_loader: DataLoader
+    gallery_loader: DataLoader
+    batch_size: int  # per process
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_train_pids
+
+
+def prepare_dataset(config: Config):
+    """The dataset named by ``config.data``. A synthetic one is generated when
+    ``data.synthetic`` describes it (the generator reuses a folder already holding exactly
+    that dataset), or with the generator's defaults when ``data.root`` is still empty."""
+    from .. import data
+
+    root = Path(config.data.root)
+    if config.data.dataset == "synthetic" and (config.data.synthetic or not any(root.glob("*/*.jpg"))):
+        from ..data import synthetic
+
+        synthetic.generate(root, **config.data.synthetic)
+    return data.build_dataset(config.data.dataset, root)
+
+
+def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
+    from .. import data
+
+    cfg = config.data
+    if cfg.batch_size % context.world_size:
+        raise ValueError(f"data.batch_size={cfg.batch_size} must be divisible by the {context.world_size} processes")
+    batch_size = cfg.batch_size // context.world_size
+    if batch_size % cfg.num_instances:
+        raise ValueError(
+            f"the per-process batch ({batch_size} = data.batch_size / processes) must be a multiple "
+            f"of data.num_instances={cfg.num_instances}"
+        )
+    dataset = prepare_dataset(config)
+    train_set = data.ImageDataset(dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment))
+    identity_sampler = data.PKSampler(
+        dataset.train, cfg.num_instances, batch_size, seed=config.train.seed, rank=context.rank, world_size=context.world_size
+    )
+    epoch_sampler = EpochSampler(identity_sampler, config.train.seed, context.rank)
+    # A private generator per loader: creating an iterator must not consume the global torch stream.
+    def workers():
+        return dict(num_workers=cfg.num_workers, pin_memory=pin_memory, worker_init_fn=_ignore_interrupts, generator=torch.Generator())
+
+    train_loader = DataLoader(
+        SeededDataset(train_set),
+        batch_size=batch_size,
+        sampler=epoch_sampler,
+        drop_last=True,
+        persistent_workers=cfg.num_workers > 0,
+        **workers(),
+    )
+    test_transform = data.build_transforms(cfg.height, cfg.width, is_train=False)
+
+    def test_loader(items):
+        return DataLoader(data.ImageDataset(items, test_transform), batch_size=cfg.test_batch_size, shuffle=False, **workers())
+
+    return RunData(dataset, train_loader, epoch_sampler, test_loader(dataset.query), test_loader(dataset.gallery), batch_size)

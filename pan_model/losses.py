@@ -1,0 +1,101 @@
+"""Training losses of PAN (paper section 3): label-smoothing identity loss and the
+batch-hard triplet loss, combined as  L = 1/2 (L_g,id + L_l,id) + L_tri.
+
+All losses compute in float32 whatever the autocast dtype of their inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """Cross-entropy against targets smoothed to (1 - eps) one-hot + eps / num_classes."""
+
+    def __init__(self, epsilon: float = 0.1):
+        super().__init__()
+        if not 0.0 <= epsilon < 1.0:
+            raise ValueError(f"CrossEntropyLabelSmooth: epsilon must be in [0, 1), got {epsilon}")
+        self.epsilon = epsilon
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+            raise ValueError(
+                f"CrossEntropyLabelSmooth: expected logits [B, classes] and targets [B], "
+                f"got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
+            )
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
+
+
+def pairwise_euclidean(features: torch.Tensor) -> torch.Tensor:
+    """[B, d] -> [B, B] Euclidean distances; clamped before the square root so that the
+    zero self-distances have a finite (zero) gradient."""
+    squared = features.pow(2).sum(1)
+    gram = features @ features.t()
+    return (squared[:, None] + squared[None, :] - 2 * gram).clamp_min(1e-12).sqrt()
+
+
+class BatchHardTripletLoss(nn.Module):
+    """Triplet loss on each anchor's hardest positive and hardest negative in the batch.
+
+    margin=None is the soft-margin form log(1 + exp(d_ap - d_an)) used by PAN;
+    a float gives the hinge max(0, d_ap - d_an + margin).
+    """
+
+    def __init__(self, margin: Optional[float] = None):
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if features.dim() != 2 or targets.shape != features.shape[:1]:
+            raise ValueError(
+                f"BatchHardTripletLoss: expected features [B, d] and targets [B], "
+                f"got features {tuple(features.shape)} and targets {tuple(targets.shape)}"
+            )
+        distances = pairwise_euclidean(features.float())
+        same_identity = targets[:, None] == targets[None, :]
+        if bool(same_identity.all()):
+            raise ValueError("BatchHardTripletLoss: the batch holds a single identity, so no anchor has a negative")
+        hardest_positive = distances.masked_fill(~same_identity, float("-inf")).amax(1)
+        hardest_negative = distances.masked_fill(same_identity, float("inf")).amin(1)
+        gap = hardest_positive - hardest_negative
+        if self.margin is None:
+            return F.softplus(gap).mean()
+        return F.relu(gap + self.margin).mean()
+
+
+class ReIDLoss(nn.Module):
+    """L = id_weight * mean(identity losses of the branches present) + triplet_weight * L_tri.
+
+    With a global and a local branch this is the paper's 1/2 (L_g,id + L_l,id) + L_tri; the
+    local identity loss is the mean over parts; a global-only model has just L_g,id.
+    Returns the total and a dict of detached components for logging.
+    """
+
+    def __init__(
+        self,
+        label_smoothing: float = 0.1,
+        triplet_margin: Optional[float] = None,
+        id_weight: float = 1.0,
+        triplet_weight: float = 1.0,
+    ):
+        super().__init__()
+        self.identity = CrossEntropyLabelSmooth(label_smoothing)
+        self.triplet = BatchHardTripletLoss(triplet_margin)
+        self.id_weight = id_weight
+        self.triplet_weight = triplet_weight
+
+    def forward(self, outputs: dict, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        components = {"id_global": self.identity(outputs["global_logits"], targets)}
+        local_logits = outputs.get("local_logits") or []
+        if local_logits:
+            components["id_local"] = torch.stack([self.identity(logits, targets) for logits in local_logits]).mean()
+        identity = torch.stack(list(components.values())).mean()
+        components["triplet"] = self.triplet(outputs["triplet_feature"], targets)
+        total = self.id_weight * identity + self.triplet_weight * components["triplet"]
+        components["total"] = total
+        return total, {name: value.detach() for name, value in components.items()}

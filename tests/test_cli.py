@@ -1,0 +1,110 @@
+"""Smoke tests of every `pan-reid` subcommand on a few synthetic identities."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pan_model.cli import chance_rank1, main
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One smoke training run through the CLI, shared by the commands that need a checkpoint."""
+    folder = tmp_path_factory.mktemp("cli")
+    code = main(["train", str(SMOKE), f"data.root={folder / 'data'}", "train.epochs=1", "--output-dir", str(folder / "run")])
+    assert code == 0
+    return folder
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listing = capsys.readouterr().out
+    for command in ("synth", "train", "eval", "profile", "visualize", "export", "demo"):
+        assert command in listing
+
+
+def test_console_script_module_runs():
+    completed = subprocess.run([sys.executable, "-m", "pan_model.cli", "profile", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0 and "--input-size" in completed.stdout
+
+
+def test_train_prints_the_resolved_config_and_writes_the_run(trained_run, capsys):
+    run = trained_run / "run"
+    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "config.yaml", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    assert f"output_dir: {run}" in (run / "config.yaml").read_text()
+
+
+def test_eval_scores_a_checkpoint(trained_run, capsys):
+    run = trained_run / "run"
+    assert main(["eval", "--checkpoint", str(run / "model_best.pt"), "eval.flip=true"]) == 0
+    output = capsys.readouterr().out
+    assert "flip: true" in output and "| model_best.pt |" in output
+    scores = json.loads((run / "eval.json").read_text())
+    assert 0.0 <= scores["rank1"] <= 1.0 and scores["dataset"] == "synthetic"
+
+
+def test_visualize_writes_the_figures(trained_run, tmp_path):
+    run = trained_run / "run"
+    assert main(["visualize", "--checkpoint", str(run / "checkpoint_last.pt"), "--output", str(tmp_path), "--num-images", "2", "--top-k", "3"]) == 0
+    assert {"masks.png", "cmc.png", "retrieval.png", "curves.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_resume_continues_a_finished_run_for_more_epochs(trained_run, capsys):
+    run = trained_run / "run"
+    assert main(["train", "--resume", str(run / "checkpoint_last.pt"), "train.epochs=2"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert json.loads((run / "metrics.json").read_text())["epoch"] == 2
+
+
+def test_profile_reports_the_cost(capsys):
+    assert main(["profile", str(SMOKE), "--num-classes", "10"]) == 0
+    output = capsys.readouterr().out
+    assert "pan (osnet_x0_25) at 64x32" in output and "MACs per image" in output
+
+
+def test_export_writes_an_onnx_file(trained_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "pan.onnx"
+    assert main(["export", "--checkpoint", str(trained_run / "run" / "model_best.pt"), "--output", str(path)]) == 0
+    assert path.is_file() and "cosine similarity" in capsys.readouterr().out
+
+
+def test_synth_writes_a_dataset(tmp_path, capsys):
+    assert main(["synth", str(tmp_path), "--num-ids", "4", "--num-distractors", "2", "--height", "32", "--width", "16", "--quiet"]) == 0
+    assert any((tmp_path / "query").glob("*.jpg"))
+
+
+def test_config_errors_exit_with_a_message(tmp_path, capsys):
+    assert main(["train", str(SMOKE), "model.num_part=3"]) == 1
+    assert "unknown config key model.num_part (did you mean model.num_parts?)" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+    overrides = [
+        f"data.root={tmp_path / 'data'}", "data.synthetic.num_ids=8", "data.synthetic.num_distractors=4",
+        "data.height=64", "data.width=32", "data.batch_size=8", "data.num_workers=0",
+        "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false",
+    ]
+    assert main(["demo", "--output-dir", str(tmp_path / "demo"), *overrides]) == 0
+    output = capsys.readouterr().out
+    assert "| random ranking (chance) |" in output and "demo finished in" in output
+    written = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {"checkpoint_last.pt", "metrics.json", "masks.png", "curves.png", "cmc.png", "retrieval.png"} <= written
+    assert {"rank1", "mAP", "mINP"} <= set(json.loads((tmp_path / "demo" / "metrics.json").read_text()))
+
+
+def test_chance_rank1_follows_the_protocol():
+    query = [("q", 1, 0), ("q", 2, 0)]
+    gallery = [("g", 1, 0), ("g", 1, 1), ("g", 2, 1), ("g", 3, 1)]
+    # query 1 keeps 3 gallery items (1 match); query 2 keeps all 4 (1 match)
+    assert chance_rank1(query, gallery) == pytest.approx((1 / 3 + 1 / 4) / 2)

@@ -1,0 +1,132 @@
+"""The training engine end to end on a few synthetic identities: the files of a run, exact
+resume after a signal, the NaN guard, the schedule and the optimiser choices."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from pan_model.config import load_config
+from pan_model.engine import NonFiniteLossError, WarmupMultiStepLR, build_optimizer, load_checkpoint, load_model, train
+from pan_model.engine.run_log import read_log
+from pan_model.losses import ReIDLoss
+
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def smoke_config(dataset_root, output, *overrides):
+    return load_config(SMOKE, [f"data.root={dataset_root}", f"output_dir={output}", *overrides])
+
+
+def step_records(folder):
+    return [(r["global_step"], r["total"], r["id_global"], r["triplet"]) for r in read_log(folder) if r["kind"] == "step"]
+
+
+def test_tiny_run_trains_evaluates_and_writes_its_files(dataset_root, tmp_path):
+    result = train(smoke_config(dataset_root, tmp_path))
+    assert result["status"] == "finished"
+    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "log.jsonl", "config.yaml"} <= {p.name for p in tmp_path.iterdir()}
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("rank1", "mAP", "mINP"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["epoch"] == 2 and metrics["best"]["epoch"] in (1, 2)
+    kinds = [r["kind"] for r in read_log(tmp_path)]
+    assert kinds == ["step", "step", "train", "eval"] * 2
+    state = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert (state["epoch"], state["step_in_epoch"], state["global_step"]) == (2, 0, 4)
+    model, config = load_model(tmp_path / "model_best.pt")
+    assert config.model.backbone == "osnet_x0_25" and not model.training
+    features = model(torch.randn(3, 3, 64, 32))
+    assert features.shape == (3, model.feature_dim)
+
+
+class _SignalAtStep:
+    """Wraps ReIDLoss.forward: sends `signum` to this process during step `step`."""
+
+    def __init__(self, monkeypatch, step, signum):
+        self.calls, self.step, self.signum = 0, step, signum
+        original = ReIDLoss.forward
+
+        def forward(loss_self, outputs, targets):
+            self.calls += 1
+            if self.calls == self.step:
+                os.kill(os.getpid(), self.signum)
+            return original(loss_self, outputs, targets)
+
+        monkeypatch.setattr(ReIDLoss, "forward", forward)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_resume_after_a_signal_repeats_the_uninterrupted_run(dataset_root, tmp_path, monkeypatch, signum):
+    overrides = ["train.epochs=3", "train.checkpoint_every=0", "train.eval_every=0", "data.augment={erasing_prob: 0.8}"]
+    reference = train(smoke_config(dataset_root, tmp_path / "reference", *overrides))
+
+    with monkeypatch.context() as patch:
+        _SignalAtStep(patch, step=3, signum=signum)  # mid-epoch 2
+        stopped = train(smoke_config(dataset_root, tmp_path / "resumed", *overrides))
+    assert stopped == {"status": "interrupted", "epoch": 1, "step_in_epoch": 1}
+    checkpoint = tmp_path / "resumed" / "checkpoint_last.pt"
+    assert load_checkpoint(checkpoint)["global_step"] == 3
+    # the resumed run loads its data with a worker process: the images must not depend on it
+    resumed = train(smoke_config(dataset_root, tmp_path / "resumed", *overrides, "data.num_workers=1"), resume=checkpoint)
+
+    assert step_records(tmp_path / "resumed") == step_records(tmp_path / "reference")
+    assert len(step_records(tmp_path / "reference")) == 6
+    assert resumed == reference
+    final = load_checkpoint(checkpoint)["model"]
+    for name, tensor in load_checkpoint(tmp_path / "reference" / "checkpoint_last.pt")["model"].items():
+        assert torch.equal(final[name], tensor), name
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(dataset_root, tmp_path, monkeypatch):
+    config = smoke_config(dataset_root, tmp_path, "train.epochs=3", "train.eval_every=0")
+    original = ReIDLoss.forward
+    calls = []
+
+    def forward(loss_self, outputs, targets):
+        calls.append(1)
+        total, components = original(loss_self, outputs, targets)
+        if len(calls) == 4:  # the second step of epoch 2
+            total = total * float("nan")
+            components["total"] = total.detach()
+        return total, components
+
+    monkeypatch.setattr(ReIDLoss, "forward", forward)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2, step 2 \(.*total=nan.*checkpoint_last\.pt.*optim\.lr"):
+        train(config)
+    assert load_checkpoint(tmp_path / "checkpoint_last.pt")["epoch"] == 1  # the last good one
+
+
+def test_warmup_multistep_schedule_matches_the_paper():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=3.5e-4)
+    schedule = WarmupMultiStepLR(optimizer, milestones=[60, 90], gamma=0.1, warmup_epochs=20, warmup_factor=0.1)
+    rates = []
+    for _ in range(120):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    expected = [3.5e-5 + (3.5e-4 - 3.5e-5) * e / 20 if e < 20 else 3.5e-4 * 0.1 ** ((e >= 60) + (e >= 90)) for e in range(120)]
+    assert rates == pytest.approx(expected, rel=1e-9)
+    restored = WarmupMultiStepLR(optimizer, milestones=[60, 90], warmup_epochs=20)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.get_last_lr() == pytest.approx(schedule.get_last_lr())
+
+
+def test_schedule_and_optimizer_argument_checks():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    with pytest.raises(ValueError, match=r"milestones must be increasing, got \[9, 3\]"):
+        WarmupMultiStepLR(optimizer, milestones=[9, 3])
+    with pytest.raises(ValueError, match="warmup_factor=0"):
+        WarmupMultiStepLR(optimizer, milestones=[], warmup_factor=0)
+    model = torch.nn.Linear(3, 2)
+    assert isinstance(build_optimizer(model, "adamw", lr=1e-3), torch.optim.AdamW)
+    with pytest.raises(ValueError, match=r"name must be one of .* got 'lamb'"):
+        build_optimizer(model, "lamb")

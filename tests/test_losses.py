@@ -1,0 +1,119 @@
+"""Losses against independent loop-based references on random inputs."""
+
+import math
+
+import pytest
+import torch
+
+from pan_model.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth, ReIDLoss
+
+
+def _smoothed_ce_reference(logits, targets, epsilon):
+    total = 0.0
+    batch, classes = logits.shape
+    targets = targets.tolist()
+    for i in range(batch):
+        log_probs = logits[i].double().log_softmax(0)
+        for k in range(classes):
+            weight = (1 - epsilon) * (k == targets[i]) + epsilon / classes
+            total -= weight * log_probs[k].item()
+    return total / batch
+
+
+def _batch_hard_reference(features, targets, margin):
+    total = 0.0
+    targets = targets.tolist()
+    x = features.double()
+    for i in range(len(x)):
+        distances = [(x[i] - x[j]).norm().item() for j in range(len(x))]
+        positive = max(d for d, t in zip(distances, targets) if t == targets[i])
+        negative = min(d for d, t in zip(distances, targets) if t != targets[i])
+        gap = positive - negative
+        total += math.log1p(math.exp(gap)) if margin is None else max(0.0, gap + margin)
+    return total / len(x)
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1, 0.37])
+def test_label_smoothing_matches_reference(epsilon):
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(7, 5, generator=generator) * 3
+    targets = torch.randint(0, 5, (7,), generator=generator)
+    loss = CrossEntropyLabelSmooth(epsilon)(logits, targets)
+    assert loss.item() == pytest.approx(_smoothed_ce_reference(logits, targets, epsilon), rel=1e-5)
+
+
+def test_label_smoothing_rejects_bad_shapes_and_epsilon():
+    with pytest.raises(ValueError, match=r"logits \(3, 4, 2\)"):
+        CrossEntropyLabelSmooth()(torch.randn(3, 4, 2), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="epsilon"):
+        CrossEntropyLabelSmooth(1.0)
+
+
+@pytest.mark.parametrize("margin", [None, 0.3])
+def test_batch_hard_triplet_matches_reference(margin):
+    generator = torch.Generator().manual_seed(2)
+    features = torch.randn(9, 6, generator=generator)
+    targets = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 1])
+    loss = BatchHardTripletLoss(margin)(features, targets)
+    assert loss.item() == pytest.approx(_batch_hard_reference(features, targets, margin), rel=1e-5)
+
+
+def test_batch_hard_triplet_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(6, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    # the loss computes in float32; compare against a float64 finite difference loosely
+    loss = BatchHardTripletLoss()(features, targets)
+    (gradient,) = torch.autograd.grad(loss, features)
+    step = 1e-4
+    for index in [(0, 0), (3, 2), (5, 1)]:
+        shifted = features.detach().clone()
+        shifted[index] += step
+        up = _batch_hard_reference(shifted, targets, None)
+        shifted[index] -= 2 * step
+        down = _batch_hard_reference(shifted, targets, None)
+        assert gradient[index].item() == pytest.approx((up - down) / (2 * step), abs=1e-4)
+
+
+def test_triplet_needs_two_identities():
+    with pytest.raises(ValueError, match="single identity"):
+        BatchHardTripletLoss()(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+
+
+def _outputs(batch, classes, parts, generator):
+    return {
+        "global_logits": torch.randn(batch, classes, generator=generator),
+        "local_logits": [torch.randn(batch, classes, generator=generator) for _ in range(parts)],
+        "triplet_feature": torch.randn(batch, 8, generator=generator),
+    }
+
+
+def test_reid_loss_is_the_papers_combination():
+    generator = torch.Generator().manual_seed(4)
+    outputs = _outputs(8, 4, 3, generator)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    total, components = ReIDLoss(label_smoothing=0.1)(outputs, targets)
+    global_id = _smoothed_ce_reference(outputs["global_logits"], targets, 0.1)
+    local_id = sum(_smoothed_ce_reference(x, targets, 0.1) for x in outputs["local_logits"]) / 3
+    triplet = _batch_hard_reference(outputs["triplet_feature"], targets, None)
+    assert total.item() == pytest.approx(0.5 * (global_id + local_id) + triplet, rel=1e-5)
+    assert components["id_local"].item() == pytest.approx(local_id, rel=1e-5)
+    assert set(components) == {"id_global", "id_local", "triplet", "total"}
+
+
+def test_reid_loss_global_only_model_uses_the_global_identity_loss():
+    generator = torch.Generator().manual_seed(5)
+    outputs = _outputs(6, 3, 0, generator)
+    targets = torch.tensor([0, 0, 1, 1, 2, 2])
+    total, components = ReIDLoss(label_smoothing=0.1, id_weight=2.0, triplet_weight=0.5)(outputs, targets)
+    expected = 2.0 * _smoothed_ce_reference(outputs["global_logits"], targets, 0.1)
+    expected += 0.5 * _batch_hard_reference(outputs["triplet_feature"], targets, None)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    assert "id_local" not in components
+
+
+def test_reid_loss_computes_in_float32_under_bfloat16_inputs():
+    generator = torch.Generator().manual_seed(6)
+    outputs = {k: ([t.bfloat16() for t in v] if isinstance(v, list) else v.bfloat16()) for k, v in _outputs(4, 3, 2, generator).items()}
+    total, _ = ReIDLoss()(outputs, torch.tensor([0, 0, 1, 1]))
+    assert total.dtype == torch.float32
