@@ -33,10 +33,21 @@ from pan_model.engine.loaders import prepare_dataset  # noqa: E402
 # What turns the PAN recipe into each baseline; everything else is shared.
 ARCH_OVERRIDES = {
     "pan": [],
-    "pcb": ["model.arch=pcb", "model.num_parts=6", "model.shared_fc=false", "model.mask_softmax=null", "model.mask_source=null"],
+    "pcb": [
+        "model.arch=pcb",
+        "model.num_parts=6",
+        "model.shared_fc=false",
+        "model.mask_softmax=null",
+        "model.mask_source=null",
+    ],
     "global": [
-        "model.arch=global", "model.num_parts=null", "model.local_dim=null", "model.shared_fc=null",
-        "model.mask_softmax=null", "model.mask_source=null", "model.local_source=null",
+        "model.arch=global",
+        "model.num_parts=null",
+        "model.local_dim=null",
+        "model.shared_fc=null",
+        "model.mask_softmax=null",
+        "model.mask_source=null",
+        "model.local_source=null",
     ],
 }
 LABELS = {"pan": "PAN", "pcb": "PCB", "global": "global (BoT-style)"}
@@ -49,11 +60,25 @@ def run(config_path: Path, arch: str, seed: int, output: Path, overrides: list, 
         torch.set_num_threads(threads)
     config = load_config(
         config_path,
-        [*ARCH_OVERRIDES[arch], f"train.seed={seed}", f"output_dir={output / f'{arch}_seed{seed}'}", "train.progress=false", "train.eval_every=0", *overrides],
+        [
+            *ARCH_OVERRIDES[arch],
+            f"train.seed={seed}",
+            f"output_dir={output / f'{arch}_seed{seed}'}",
+            "train.progress=false",
+            "train.eval_every=0",
+            *overrides,
+        ],
     )
     started = time.perf_counter()
     result = train(config)
-    return {"arch": arch, "seed": seed, "rank1": result["rank1"], "mAP": result["mAP"], "mINP": result["mINP"], "seconds": time.perf_counter() - started}
+    return {
+        "arch": arch,
+        "seed": seed,
+        "rank1": result["rank1"],
+        "mAP": result["mAP"],
+        "mINP": result["mINP"],
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def summarise(runs: list, archs: list) -> str:
@@ -62,7 +87,10 @@ def summarise(runs: list, archs: list) -> str:
         deviation = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{mean:.1f} ± {deviation:.1f}"
 
-    lines = ["| model | Rank-1 (%) | mAP (%) | mINP (%) | runs | minutes per run |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| model | Rank-1 (%) | mAP (%) | mINP (%) | runs | minutes per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for arch in archs:
         mine = [r for r in runs if r["arch"] == arch]
         cells = [spread([r[key] for r in mine]) for key in ("rank1", "mAP", "mINP")]
@@ -74,7 +102,9 @@ def summarise(runs: list, archs: list) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "demo_cpu.yaml", help="the shared recipe and budget")
+    parser.add_argument(
+        "--config", type=Path, default=REPO / "configs" / "demo_cpu.yaml", help="the shared recipe and budget"
+    )
     parser.add_argument("--archs", nargs="+", default=list(ARCH_OVERRIDES), choices=list(ARCH_OVERRIDES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time, one thread each")
@@ -102,7 +132,12 @@ def main(argv=None) -> int:
     table = summarise(runs, args.archs)
     print(table)
     if args.table:
-        settings = " ".join([f"--config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}", *overrides])
+        settings = " ".join(
+            [
+                f"--config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}",
+                *overrides,
+            ]
+        )
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(
             f"# Synthetic occluded re-id: PAN vs baselines\n\n`python benchmarks/accuracy_synthetic.py {settings}`, "

@@ -1,18 +1,19 @@
 """`pan-reid`: the command line of the PAN project.
 
-    pan-reid synth --root data/synthetic ...         write the synthetic occluded dataset
-    pan-reid train CONFIG [key=value ...]            train (torchrun for several GPUs/nodes)
-    pan-reid eval --checkpoint CKPT [key=value ...]  Rank-1 / mAP / mINP of a trained model
-    pan-reid profile [CONFIG] [key=value ...]        parameters, MACs and FLOPs
-    pan-reid visualize --checkpoint CKPT             masks (paper Fig. 4), curves, CMC, retrievals
-    pan-reid export --checkpoint CKPT --output F     ONNX export
-    pan-reid demo                                    the whole story in minutes on a CPU
+pan-reid synth --root data/synthetic ...         write the synthetic occluded dataset
+pan-reid train CONFIG [key=value ...]            train (torchrun for several GPUs/nodes)
+pan-reid eval --checkpoint CKPT [key=value ...]  Rank-1 / mAP / mINP of a trained model
+pan-reid profile [CONFIG] [key=value ...]        parameters, MACs and FLOPs
+pan-reid visualize --checkpoint CKPT             masks (paper Fig. 4), curves, CMC, retrievals
+pan-reid export --checkpoint CKPT --output F     ONNX export
+pan-reid demo                                    the whole story in minutes on a CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,9 @@ def _resolved(config: Config, title: str) -> None:
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=10 optim.lr=1e-4")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. train.epochs=10 optim.lr=1e-4"
+    )
 
 
 def _split_config_argument(args) -> None:
@@ -67,11 +70,14 @@ def cmd_train(args) -> int:
     resume = args.resume
     if resume == "last":
         resume = Path(config.output_dir) / CHECKPOINT_NAME
-    _resolved(config, "resolved config")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, one process reports
+    if main_process:
+        _resolved(config, "resolved config")
     result = train(config, resume=resume)
     if result["status"] == "interrupted":
         return 130
-    _print_scores_table({"final model": result})
+    if main_process:
+        _print_scores_table({"final model": result})
     return 0
 
 
@@ -97,7 +103,11 @@ def _test_loaders(config: Config):
     transform = data.build_transforms(config.data.height, config.data.width, is_train=False)
 
     def loader(items):
-        return DataLoader(data.ImageDataset(items, transform), batch_size=config.data.test_batch_size, num_workers=config.data.num_workers)
+        return DataLoader(
+            data.ImageDataset(items, transform),
+            batch_size=config.data.test_batch_size,
+            num_workers=config.data.num_workers,
+        )
 
     return dataset, loader(dataset.query), loader(dataset.gallery)
 
@@ -108,10 +118,20 @@ def cmd_eval(args) -> int:
     model, config, device = _model_and_config(args)
     _resolved(config, "evaluation config")
     _, query_loader, gallery_loader = _test_loaders(config)
-    scores = evaluate(model, query_loader, gallery_loader, device, metric=config.eval.metric, flip=config.eval.flip, rerank=config.eval.rerank)
+    scores = evaluate(
+        model,
+        query_loader,
+        gallery_loader,
+        device,
+        metric=config.eval.metric,
+        flip=config.eval.flip,
+        rerank=config.eval.rerank,
+    )
     scores = {name: (np.asarray(value).tolist() if name == "cmc" else float(value)) for name, value in scores.items()}
     output = Path(args.output) if args.output else Path(args.checkpoint).with_name("eval.json")
-    output.write_text(json.dumps({**scores, "checkpoint": str(args.checkpoint), "dataset": config.data.dataset}, indent=2) + "\n")
+    output.write_text(
+        json.dumps({**scores, "checkpoint": str(args.checkpoint), "dataset": config.data.dataset}, indent=2) + "\n"
+    )
     _print_scores_table({Path(args.checkpoint).name: scores})
     print(f"scores written to {output}")
     return 0
@@ -129,7 +149,9 @@ def cmd_profile(args) -> int:
     cost = profile_model(model, input_size=size)
     print(f"{config.model.arch} ({config.model.backbone}) at {size[0]}x{size[1]}:")
     print(f"  parameters (inference)      {cost['params'] / 1e6:8.2f} M")
-    print(f"  parameters (+ classifiers)  {cost['params_with_classifiers'] / 1e6:8.2f} M  ({args.num_classes} identities)")
+    print(
+        f"  parameters (+ classifiers)  {cost['params_with_classifiers'] / 1e6:8.2f} M  ({args.num_classes} identities)"
+    )
     print(f"  MACs per image              {cost['macs'] / 1e9:8.2f} G")
     print(f"  FLOPs per image             {cost['flops'] / 1e9:8.2f} G")
     print(f"  retrieval feature           {model.feature_dim} dims")
@@ -137,7 +159,15 @@ def cmd_profile(args) -> int:
 
 
 # ---- visualize ---------------------------------------------------------------------------
-def write_figures(model, config: Config, folder: "str | Path", device: torch.device, run_log: "Path | None" = None, num_images: int = 6, top_k: int = 8) -> list[Path]:
+def write_figures(
+    model,
+    config: Config,
+    folder: "str | Path",
+    device: torch.device,
+    run_log: "Path | None" = None,
+    num_images: int = 6,
+    top_k: int = 8,
+) -> list[Path]:
     """masks.png (PAN only), cmc.png, retrieval.png and, from a run's log.jsonl when there
     is one, curves.png; returns the paths written."""
     from . import data, visualization
@@ -157,7 +187,9 @@ def write_figures(model, config: Config, folder: "str | Path", device: torch.dev
         images = torch.stack([data.ImageDataset(items, transform)[i][0] for i in range(len(items))]).to(device)
         masks = get_masks(model, images)
         pictures = [visualization.load_rgb(path, size) for path, _, _ in items]
-        written.append(visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items]))
+        written.append(
+            visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items])
+        )
     with torch.no_grad():
         query_features, query_pids, query_cams = extract_features(model, query_loader, device)
         gallery_features, gallery_pids, gallery_cams = extract_features(model, gallery_loader, device)
@@ -165,7 +197,11 @@ def write_figures(model, config: Config, folder: "str | Path", device: torch.dev
     distances = distances.cpu().numpy() if isinstance(distances, torch.Tensor) else np.asarray(distances)
     cmc, _, _ = evaluate_rank(distances, query_pids, gallery_pids, query_cams, gallery_cams)
     written.append(visualization.plot_cmc({config.model.arch.upper(): list(cmc)}, folder / "cmc.png"))
-    written.append(visualization.plot_retrieval(distances, dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size))
+    written.append(
+        visualization.plot_retrieval(
+            distances, dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size
+        )
+    )
     if run_log is not None and run_log.is_file():
         written.append(visualization.plot_training_curves(read_log(run_log), folder / "curves.png"))
     return written
@@ -188,8 +224,10 @@ def cmd_export(args) -> int:
     size = tuple(args.input_size) if args.input_size else (config.data.height, config.data.width)
     path = export_onnx(model, args.output, input_size=size)
     agreement = onnx_agreement(model, path, torch.randn(3, 3, *size, device=device))
-    print(f"wrote {path} (input images [B, 3, {size[0]}, {size[1]}] -> features [B, {model.feature_dim}]); "
-          f"onnxruntime vs PyTorch cosine similarity >= {agreement:.6f}")
+    print(
+        f"wrote {path} (input images [B, 3, {size[0]}, {size[1]}] -> features [B, {model.feature_dim}]); "
+        f"onnxruntime vs PyTorch cosine similarity >= {agreement:.6f}"
+    )
     return 0
 
 
@@ -225,7 +263,11 @@ def cmd_demo(args) -> int:
     gpu = torch.cuda.is_available()
     config_path = Path(args.config) if args.config else CONFIG_DIR / ("demo_gpu.yaml" if gpu else "demo_cpu.yaml")
     config = load_config(config_path, [f"output_dir={args.output_dir}", *args.overrides])
-    print(f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True)
+    if not gpu and config.train.cpu_threads:
+        torch.set_num_threads(config.train.cpu_threads)  # for the evaluation and figures too
+    print(
+        f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True
+    )
     dataset = prepare_dataset(config)
     print(
         f"synthetic occluded dataset in {config.data.root}: {dataset.num_train_pids} training identities "
@@ -243,15 +285,19 @@ def cmd_demo(args) -> int:
     label = f"PAN-{config.model.backbone} {config.data.height}x{config.data.width}, {config.train.epochs} epochs"
     print()
     _print_scores_table({label: result, "random ranking (chance)": {"rank1": chance}})
-    print(f"\nwritten to {config.output_dir}/: {CHECKPOINT_NAME}, model_best.pt, metrics.json, log.jsonl, "
-          + ", ".join(path.name for path in figures))
+    print(
+        f"\nwritten to {config.output_dir}/: {CHECKPOINT_NAME}, model_best.pt, metrics.json, log.jsonl, "
+        + ", ".join(path.name for path in figures)
+    )
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     return 0
 
 
 # ---- entry point -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pan-reid", description="Part-Aware Network (PAN) for occluded person re-identification")
+    parser = argparse.ArgumentParser(
+        prog="pan-reid", description="Part-Aware Network (PAN) for occluded person re-identification"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     commands.add_parser("synth", help="write the synthetic occluded dataset (pan-reid synth --help)", add_help=False)
@@ -259,7 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", nargs="?", help="YAML config (configs/*.yaml)")
     _overrides(train)
-    train.add_argument("--resume", nargs="?", const="last", help="continue from a checkpoint (default: the output folder's checkpoint_last.pt)")
+    train.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        help="continue from a checkpoint (default: the output folder's checkpoint_last.pt)",
+    )
     train.add_argument("--output-dir", help="shorthand for output_dir=...")
 
     def with_checkpoint(name: str, help_text: str, device: str = "auto") -> argparse.ArgumentParser:
@@ -277,7 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("config", nargs="?", help="YAML config (default: the built-in defaults, PAN-ResNet50)")
     _overrides(profile)
     profile.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
-    profile.add_argument("--num-classes", type=int, default=751, help="identities of the classifiers (default: Market-1501's 751)")
+    profile.add_argument(
+        "--num-classes", type=int, default=751, help="identities of the classifiers (default: Market-1501's 751)"
+    )
 
     visualize = with_checkpoint("visualize", "mask figure (paper Fig. 4), CMC, retrieval strips and training curves")
     visualize.add_argument("--output", help="folder for the PNGs (default: the checkpoint's folder)")
@@ -288,14 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
 
-    demo = commands.add_parser("demo", help="synthesise data, train and evaluate PAN, draw its masks (minutes on a CPU)")
+    demo = commands.add_parser(
+        "demo", help="synthesise data, train and evaluate PAN, draw its masks (minutes on a CPU)"
+    )
     demo.add_argument("--output-dir", default="runs/demo")
     demo.add_argument("--config", help="default: configs/demo_gpu.yaml with a GPU, else configs/demo_cpu.yaml")
     _overrides(demo)
     return parser
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "profile": cmd_profile, "visualize": cmd_visualize, "export": cmd_export, "demo": cmd_demo}
+COMMANDS = {
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "profile": cmd_profile,
+    "visualize": cmd_visualize,
+    "export": cmd_export,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -69,13 +69,21 @@ def mask_heatmaps(masks: torch.Tensor, size: tuple[int, int]) -> tuple[np.ndarra
     return parts.numpy(), scaled(parts.mean(1)).numpy()
 
 
-def plot_masks(images: Sequence[np.ndarray], masks: torch.Tensor, path: "str | Path", titles: Sequence[str] = (), alpha: float = 0.5) -> Path:
+def plot_masks(
+    images: Sequence[np.ndarray],
+    masks: torch.Tensor,
+    path: "str | Path",
+    titles: Sequence[str] = (),
+    alpha: float = 0.5,
+) -> Path:
     """Paper Fig. 4: one row per image, with the image, its fused mask and each part mask
     overlaid. `images`: RGB arrays [H, W, 3] in [0, 1] (all the same size); `masks` [B, P, h, w]."""
     from matplotlib import colormaps
 
     if len(images) != masks.shape[0]:
-        raise ValueError(f"plot_masks: {len(images)} images but masks for {masks.shape[0]} (masks {tuple(masks.shape)})")
+        raise ValueError(
+            f"plot_masks: {len(images)} images but masks for {masks.shape[0]} (masks {tuple(masks.shape)})"
+        )
     height, width = images[0].shape[:2]
     parts, fused = mask_heatmaps(masks, (height, width))
     colour = colormaps["jet"]
@@ -114,7 +122,9 @@ def plot_training_curves(records: Sequence[Mapping], path: "str | Path") -> Path
     lr_axis.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
     for name in ("rank1", "mAP", "mINP"):
         if evaluations and name in evaluations[0]:
-            score_axis.plot([r["epoch"] for r in evaluations], [100 * r[name] for r in evaluations], marker="o", label=name)
+            score_axis.plot(
+                [r["epoch"] for r in evaluations], [100 * r[name] for r in evaluations], marker="o", label=name
+            )
     score_axis.set(xlabel="epoch", ylabel="%", title="evaluation (query vs gallery)")
     if evaluations:
         score_axis.legend(fontsize=8)
@@ -146,13 +156,23 @@ def ranked_gallery(distances: np.ndarray, query: Sequence, gallery: Sequence, to
     return ranked
 
 
-def plot_retrieval(distances: np.ndarray, query: Sequence, gallery: Sequence, path: "str | Path", query_indices: Sequence[int], top_k: int = 8, size: tuple[int, int] = (128, 64)) -> Path:
+def plot_retrieval(
+    distances: np.ndarray,
+    query: Sequence,
+    gallery: Sequence,
+    path: "str | Path",
+    query_indices: Sequence[int],
+    top_k: int = 8,
+    size: tuple[int, int] = (128, 64),
+) -> Path:
     """Ranked-retrieval strips: each chosen query, then its top-k gallery images framed green
     (same identity) or red. `query`/`gallery`: (path, pid, camid) items; `distances`
     [num_query, num_gallery]."""
     distances = np.asarray(distances)
     if distances.shape != (len(query), len(gallery)):
-        raise ValueError(f"plot_retrieval: distances {distances.shape} do not match {len(query)} queries x {len(gallery)} gallery items")
+        raise ValueError(
+            f"plot_retrieval: distances {distances.shape} do not match {len(query)} queries x {len(gallery)} gallery items"
+        )
     rows = list(query_indices)
     ranked = ranked_gallery(distances[rows], [query[i] for i in rows], gallery, top_k)
     figure = _figure((top_k + 1) * 0.9, len(rows) * 1.9)

@@ -27,7 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 def _state(seed: int) -> dict:
     generator = torch.Generator().manual_seed(seed)
     model = torch.nn.Linear(5, 3)
-    return {"model": model.state_dict(), "epoch": seed, "weights": torch.randn(17, 3, generator=generator), "rng": capture_rng_state()}
+    return {
+        "model": model.state_dict(),
+        "epoch": seed,
+        "weights": torch.randn(17, 3, generator=generator),
+        "rng": capture_rng_state(),
+    }
 
 
 def test_round_trip_loads_weights_only(tmp_path):
@@ -89,7 +94,11 @@ save_checkpoint({"weights": torch.randn(256, 1024), "stall": Stall(), "epoch": 2
 def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     path = save_checkpoint(_state(1), tmp_path / "ckpt.pt")
     marker = tmp_path / "stalled"
-    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path), str(marker)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(path), str(marker)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert writer.poll() is None, "the writer exited before stalling"

@@ -17,7 +17,9 @@ SMOKE = REPO / "configs" / "smoke.yaml"
 def trained_run(tmp_path_factory):
     """One smoke training run through the CLI, shared by the commands that need a checkpoint."""
     folder = tmp_path_factory.mktemp("cli")
-    code = main(["train", str(SMOKE), f"data.root={folder / 'data'}", "train.epochs=1", "--output-dir", str(folder / "run")])
+    code = main(
+        ["train", str(SMOKE), f"data.root={folder / 'data'}", "train.epochs=1", "--output-dir", str(folder / "run")]
+    )
     assert code == 0
     return folder
 
@@ -32,13 +34,21 @@ def test_help_lists_every_subcommand(capsys):
 
 
 def test_console_script_module_runs():
-    completed = subprocess.run([sys.executable, "-m", "pan_model.cli", "profile", "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    completed = subprocess.run(
+        [sys.executable, "-m", "pan_model.cli", "profile", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert completed.returncode == 0 and "--input-size" in completed.stdout
 
 
 def test_train_prints_the_resolved_config_and_writes_the_run(trained_run, capsys):
     run = trained_run / "run"
-    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "config.yaml", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "config.yaml", "log.jsonl"} <= {
+        p.name for p in run.iterdir()
+    }
     assert f"output_dir: {run}" in (run / "config.yaml").read_text()
 
 
@@ -53,7 +63,22 @@ def test_eval_scores_a_checkpoint(trained_run, capsys):
 
 def test_visualize_writes_the_figures(trained_run, tmp_path):
     run = trained_run / "run"
-    assert main(["visualize", "--checkpoint", str(run / "checkpoint_last.pt"), "--output", str(tmp_path), "--num-images", "2", "--top-k", "3"]) == 0
+    assert (
+        main(
+            [
+                "visualize",
+                "--checkpoint",
+                str(run / "checkpoint_last.pt"),
+                "--output",
+                str(tmp_path),
+                "--num-images",
+                "2",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert {"masks.png", "cmc.png", "retrieval.png", "curves.png"} <= {p.name for p in tmp_path.iterdir()}
 
 
@@ -78,7 +103,24 @@ def test_export_writes_an_onnx_file(trained_run, tmp_path, capsys):
 
 
 def test_synth_writes_a_dataset(tmp_path, capsys):
-    assert main(["synth", str(tmp_path), "--num-ids", "4", "--num-distractors", "2", "--height", "32", "--width", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(tmp_path),
+                "--num-ids",
+                "4",
+                "--num-distractors",
+                "2",
+                "--height",
+                "32",
+                "--width",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert any((tmp_path / "query").glob("*.jpg"))
 
 
@@ -91,9 +133,16 @@ def test_config_errors_exit_with_a_message(tmp_path, capsys):
 
 def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     overrides = [
-        f"data.root={tmp_path / 'data'}", "data.synthetic.num_ids=8", "data.synthetic.num_distractors=4",
-        "data.height=64", "data.width=32", "data.batch_size=8", "data.num_workers=0",
-        "train.epochs=1", "train.max_steps_per_epoch=1", "train.progress=false",
+        f"data.root={tmp_path / 'data'}",
+        "data.synthetic.num_ids=8",
+        "data.synthetic.num_distractors=4",
+        "data.height=64",
+        "data.width=32",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=1",
+        "train.progress=false",
     ]
     assert main(["demo", "--output-dir", str(tmp_path / "demo"), *overrides]) == 0
     output = capsys.readouterr().out

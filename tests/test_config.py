@@ -27,7 +27,9 @@ def test_inheritance_chain_and_overrides(tmp_path):
     _write(tmp_path / "base.yaml", "model:\n  backbone: osnet_x1_0\n  num_parts: 6\noptim:\n  lr: 1e-3\n")
     _write(tmp_path / "sub" / "middle.yaml", "_base_: ../base.yaml\nmodel:\n  num_parts: 8\n")
     child = _write(tmp_path / "sub" / "child.yaml", "_base_: middle.yaml\ndata:\n  augment: {pad: 5}\n")
-    config = load_config(child, ["optim.milestones=[3, 7]", "train.amp=bf16", "data.augment.flip_prob=0.25", "model.pretrained=null"])
+    config = load_config(
+        child, ["optim.milestones=[3, 7]", "train.amp=bf16", "data.augment.flip_prob=0.25", "model.pretrained=null"]
+    )
     assert config.model.backbone == "osnet_x1_0"  # from the grandparent
     assert config.model.num_parts == 8  # the parent wins over the grandparent
     assert config.optim.lr == pytest.approx(1e-3)  # YAML reads "1e-3" as text; coerced to float
@@ -96,7 +98,10 @@ def test_paper_recipes_differ_from_pan_only_where_they_should():
     pan = load_config(CONFIGS / "pan_resnet50_occluded_duke.yaml").to_dict()
     for name, expected in {
         "ablations/shared_fc_off.yaml": {("model", "shared_fc"): False},
-        "ablations/mask_conv41_local_conv50.yaml": {("model", "mask_source"): "conv41", ("model", "local_source"): "conv50"},
+        "ablations/mask_conv41_local_conv50.yaml": {
+            ("model", "mask_source"): "conv41",
+            ("model", "local_source"): "conv50",
+        },
         "ablations/num_parts_6.yaml": {("model", "num_parts"): 6},
         "ablations/gamma_3.5.yaml": {("model", "local_dim"): 128},
         "pan_osnet_occluded_duke.yaml": {("model", "backbone"): "osnet_x1_0"},

@@ -26,11 +26,22 @@ def _free_port() -> int:
 
 def _config(dataset_root, output):
     # 16 images per step over 2 processes: each sees 2 identities x 4 images
-    return load_config(SMOKE, [f"data.root={dataset_root}", f"output_dir={output}", "data.batch_size=16", "train.epochs=2", "train.eval_every=0"])
+    return load_config(
+        SMOKE,
+        [
+            f"data.root={dataset_root}",
+            f"output_dir={output}",
+            "data.batch_size=16",
+            "train.epochs=2",
+            "train.eval_every=0",
+        ],
+    )
 
 
 def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
     device = torch.device("cpu")
     context = distributed.init_distributed(device)
@@ -44,7 +55,9 @@ def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
         result = trainer.fit()
         final = {name: p.detach().clone() for name, p in unwrap_model(trainer.model).named_parameters()}
         batches = [pids.tolist() for _, pids, *_ in data.train_loader]
-        torch.save({"initial": initial, "final": final, "result": result, "batches": batches}, Path(output) / f"rank{rank}.pt")
+        torch.save(
+            {"initial": initial, "final": final, "result": result, "batches": batches}, Path(output) / f"rank{rank}.pt"
+        )
     finally:
         distributed.destroy()
 

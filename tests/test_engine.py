@@ -27,13 +27,17 @@ def smoke_config(dataset_root, output, *overrides):
 
 
 def step_records(folder):
-    return [(r["global_step"], r["total"], r["id_global"], r["triplet"]) for r in read_log(folder) if r["kind"] == "step"]
+    return [
+        (r["global_step"], r["total"], r["id_global"], r["triplet"]) for r in read_log(folder) if r["kind"] == "step"
+    ]
 
 
 def test_tiny_run_trains_evaluates_and_writes_its_files(dataset_root, tmp_path):
     result = train(smoke_config(dataset_root, tmp_path))
     assert result["status"] == "finished"
-    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "log.jsonl", "config.yaml"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "log.jsonl", "config.yaml"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("rank1", "mAP", "mINP"):
         assert 0.0 <= metrics[key] <= 1.0
@@ -76,7 +80,9 @@ def test_resume_after_a_signal_repeats_the_uninterrupted_run(dataset_root, tmp_p
     checkpoint = tmp_path / "resumed" / "checkpoint_last.pt"
     assert load_checkpoint(checkpoint)["global_step"] == 3
     # the resumed run loads its data with a worker process: the images must not depend on it
-    resumed = train(smoke_config(dataset_root, tmp_path / "resumed", *overrides, "data.num_workers=1"), resume=checkpoint)
+    resumed = train(
+        smoke_config(dataset_root, tmp_path / "resumed", *overrides, "data.num_workers=1"), resume=checkpoint
+    )
 
     assert step_records(tmp_path / "resumed") == step_records(tmp_path / "reference")
     assert len(step_records(tmp_path / "reference")) == 6
@@ -100,7 +106,9 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(datas
         return total, components
 
     monkeypatch.setattr(ReIDLoss, "forward", forward)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 2, step 2 \(.*total=nan.*checkpoint_last\.pt.*optim\.lr"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite loss at epoch 2, step 2 \(.*total=nan.*checkpoint_last\.pt.*optim\.lr"
+    ):
         train(config)
     assert load_checkpoint(tmp_path / "checkpoint_last.pt")["epoch"] == 1  # the last good one
 
@@ -113,7 +121,9 @@ def test_warmup_multistep_schedule_matches_the_paper():
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         schedule.step()
-    expected = [3.5e-5 + (3.5e-4 - 3.5e-5) * e / 20 if e < 20 else 3.5e-4 * 0.1 ** ((e >= 60) + (e >= 90)) for e in range(120)]
+    expected = [
+        3.5e-5 + (3.5e-4 - 3.5e-5) * e / 20 if e < 20 else 3.5e-4 * 0.1 ** ((e >= 60) + (e >= 90)) for e in range(120)
+    ]
     assert rates == pytest.approx(expected, rel=1e-9)
     restored = WarmupMultiStepLR(optimizer, milestones=[60, 90], warmup_epochs=20)
     restored.load_state_dict(schedule.state_dict())

@@ -114,6 +114,9 @@ def test_reid_loss_global_only_model_uses_the_global_identity_loss():
 
 def test_reid_loss_computes_in_float32_under_bfloat16_inputs():
     generator = torch.Generator().manual_seed(6)
-    outputs = {k: ([t.bfloat16() for t in v] if isinstance(v, list) else v.bfloat16()) for k, v in _outputs(4, 3, 2, generator).items()}
+    outputs = {
+        k: ([t.bfloat16() for t in v] if isinstance(v, list) else v.bfloat16())
+        for k, v in _outputs(4, 3, 2, generator).items()
+    }
     total, _ = ReIDLoss()(outputs, torch.tensor([0, 0, 1, 1]))
     assert total.dtype == torch.float32

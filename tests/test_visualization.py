@@ -43,8 +43,29 @@ def test_training_curves_from_log_records(tmp_path):
     records = []
     for epoch in range(1, 4):
         for step in range(1, 3):
-            records.append({"kind": "step", "epoch": epoch, "step": step, "global_step": 2 * (epoch - 1) + step, "total": 3.0 / epoch, "id_global": 1.0, "id_local": 1.5, "triplet": 0.5, "lr": 1e-4})
-        records.append({"kind": "train", "epoch": epoch, "step": 2, "global_step": 2 * epoch, "total": 3.0 / epoch, "lr": 1e-4 * epoch})
+            records.append(
+                {
+                    "kind": "step",
+                    "epoch": epoch,
+                    "step": step,
+                    "global_step": 2 * (epoch - 1) + step,
+                    "total": 3.0 / epoch,
+                    "id_global": 1.0,
+                    "id_local": 1.5,
+                    "triplet": 0.5,
+                    "lr": 1e-4,
+                }
+            )
+        records.append(
+            {
+                "kind": "train",
+                "epoch": epoch,
+                "step": 2,
+                "global_step": 2 * epoch,
+                "total": 3.0 / epoch,
+                "lr": 1e-4 * epoch,
+            }
+        )
     records.append({"kind": "eval", "epoch": 3, "step": 0, "global_step": 6, "rank1": 0.5, "mAP": 0.3, "mINP": 0.1})
     assert visualization.plot_training_curves(records, tmp_path / "curves.png").is_file()
     with pytest.raises(ValueError, match="no training records"):
@@ -52,7 +73,9 @@ def test_training_curves_from_log_records(tmp_path):
 
 
 def test_cmc_plot(tmp_path):
-    assert visualization.plot_cmc({"PAN": [0.4, 0.6, 0.7, 0.9], "PCB": [0.3, 0.5, 0.8, 0.85]}, tmp_path / "cmc.png").is_file()
+    assert visualization.plot_cmc(
+        {"PAN": [0.4, 0.6, 0.7, 0.9], "PCB": [0.3, 0.5, 0.8, 0.85]}, tmp_path / "cmc.png"
+    ).is_file()
 
 
 def _items(folder, pids, cams):
@@ -76,7 +99,9 @@ def test_retrieval_strips(tmp_path):
     gallery = _items(tmp_path, [1, 1, 2, 2, 3], [0, 1, 0, 1, 0])
     query = _items(tmp_path, [1, 2], [2, 2])
     distances = np.random.default_rng(1).random((2, 5))
-    path = visualization.plot_retrieval(distances, query, gallery, tmp_path / "retrieval.png", [0, 1], top_k=3, size=(32, 16))
+    path = visualization.plot_retrieval(
+        distances, query, gallery, tmp_path / "retrieval.png", [0, 1], top_k=3, size=(32, 16)
+    )
     assert path.is_file()
     with pytest.raises(ValueError, match=r"\(2, 4\) do not match 2 queries x 5 gallery"):
         visualization.plot_retrieval(distances[:, :4], query, gallery, tmp_path / "bad.png", [0])

@@ -103,7 +103,13 @@ def restore_rng_state(state: dict) -> None:
     random.setstate(_as_tuples(state["python"]))
     saved = state["numpy"]
     np.random.set_state(
-        (saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["position"], saved["has_gauss"], saved["cached_gauss"])
+        (
+            saved["kind"],
+            saved["keys"].numpy().astype(np.uint32),
+            saved["position"],
+            saved["has_gauss"],
+            saved["cached_gauss"],
+        )
     )
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():

@@ -147,14 +147,27 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
             f"of data.num_instances={cfg.num_instances}"
         )
     dataset = prepare_dataset(config)
-    train_set = data.ImageDataset(dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment))
+    train_set = data.ImageDataset(
+        dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment)
+    )
     identity_sampler = data.PKSampler(
-        dataset.train, cfg.num_instances, batch_size, seed=config.train.seed, rank=context.rank, world_size=context.world_size
+        dataset.train,
+        cfg.num_instances,
+        batch_size,
+        seed=config.train.seed,
+        rank=context.rank,
+        world_size=context.world_size,
     )
     epoch_sampler = EpochSampler(identity_sampler, config.train.seed, context.rank)
+
     # A private generator per loader: creating an iterator must not consume the global torch stream.
     def workers():
-        return dict(num_workers=cfg.num_workers, pin_memory=pin_memory, worker_init_fn=_ignore_interrupts, generator=torch.Generator())
+        return dict(
+            num_workers=cfg.num_workers,
+            pin_memory=pin_memory,
+            worker_init_fn=_ignore_interrupts,
+            generator=torch.Generator(),
+        )
 
     train_loader = DataLoader(
         SeededDataset(train_set),
@@ -167,6 +180,10 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
     test_transform = data.build_transforms(cfg.height, cfg.width, is_train=False)
 
     def test_loader(items):
-        return DataLoader(data.ImageDataset(items, test_transform), batch_size=cfg.test_batch_size, shuffle=False, **workers())
+        return DataLoader(
+            data.ImageDataset(items, test_transform), batch_size=cfg.test_batch_size, shuffle=False, **workers()
+        )
 
-    return RunData(dataset, train_loader, epoch_sampler, test_loader(dataset.query), test_loader(dataset.gallery), batch_size)
+    return RunData(
+        dataset, train_loader, epoch_sampler, test_loader(dataset.query), test_loader(dataset.gallery), batch_size
+    )

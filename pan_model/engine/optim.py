@@ -12,7 +12,9 @@ from torch.optim.lr_scheduler import LRScheduler
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
-def build_optimizer(model: torch.nn.Module, name: str = "adam", lr: float = 3.5e-4, weight_decay: float = 5e-4, momentum: float = 0.9) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, name: str = "adam", lr: float = 3.5e-4, weight_decay: float = 5e-4, momentum: float = 0.9
+) -> torch.optim.Optimizer:
     """The optimiser `name` over the model's trainable parameters."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if name == "adam":
@@ -31,7 +33,15 @@ class WarmupMultiStepLR(LRScheduler):
     The rate is a closed-form function of the epoch, so resuming only needs `last_epoch`.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, milestones: Sequence[int], gamma: float = 0.1, warmup_epochs: int = 20, warmup_factor: float = 0.1, last_epoch: int = -1):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        milestones: Sequence[int],
+        gamma: float = 0.1,
+        warmup_epochs: int = 20,
+        warmup_factor: float = 0.1,
+        last_epoch: int = -1,
+    ):
         if list(milestones) != sorted(milestones):
             raise ValueError(f"WarmupMultiStepLR: milestones must be increasing, got {list(milestones)}")
         if warmup_epochs < 0 or not 0.0 < warmup_factor <= 1.0:

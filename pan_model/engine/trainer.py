@@ -45,7 +45,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """"auto": the first CUDA device if there is one, then Apple's MPS, else the CPU."""
+    """ "auto": the first CUDA device if there is one, then Apple's MPS, else the CPU."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -92,7 +92,14 @@ class _StopOnSignals:
 class Trainer:
     """Owns the model, loss, optimiser, schedule and data of one run; `fit()` trains it."""
 
-    def __init__(self, config: Config, model: nn.Module, data: RunData, device: torch.device, context: DistributedContext = DistributedContext()):
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module,
+        data: RunData,
+        device: torch.device,
+        context: DistributedContext = DistributedContext(),
+    ):
         self.config = config
         self.data = data
         self.device = device
@@ -102,9 +109,13 @@ class Trainer:
 
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=self.memory_format)
-        self.loss_fn = ReIDLoss(config.loss.label_smoothing, config.loss.triplet_margin, config.loss.id_weight, config.loss.triplet_weight)
+        self.loss_fn = ReIDLoss(
+            config.loss.label_smoothing, config.loss.triplet_margin, config.loss.id_weight, config.loss.triplet_weight
+        )
         self.optimizer = build_optimizer(self.model, optim.name, optim.lr, optim.weight_decay, optim.momentum)
-        self.scheduler = WarmupMultiStepLR(self.optimizer, optim.milestones, optim.gamma, optim.warmup_epochs, optim.warmup_factor)
+        self.scheduler = WarmupMultiStepLR(
+            self.optimizer, optim.milestones, optim.gamma, optim.warmup_epochs, optim.warmup_factor
+        )
         self.amp_dtype = resolve_amp(train.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -177,7 +188,9 @@ class Trainer:
             )
         self.load_state_dict(state)
         self.log.truncate_after(self.global_step)
-        self._print(f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch} (global step {self.global_step})")
+        self._print(
+            f"resumed from {path} at epoch {self.epoch + 1}, step {self.step_in_epoch} (global step {self.global_step})"
+        )
 
     # ---- loop ------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -274,7 +287,7 @@ class Trainer:
     def _train_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         pids = pids.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with self._autocast():
             outputs = self.train_model(images)
         loss, components = self.loss_fn(outputs, pids)
         values = {name: value.item() for name, value in components.items()}
@@ -294,6 +307,12 @@ class Trainer:
         self.scaler.update()
         return values
 
+    def _autocast(self):
+        """Mixed precision per train.amp (a disabled context when it resolves to none)."""
+        return torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
+
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop (all processes then stop at the same step)."""
         return distributed.any_rank_true(self.stop_reason is not None, self.device)
@@ -308,10 +327,15 @@ class Trainer:
         if self.context.is_main:
             model = unwrap_model(self.model)
             model.eval()
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            with self._autocast():
                 scores = evaluate(
-                    model, self.data.query_loader, self.data.gallery_loader, self.device,
-                    metric=self.config.eval.metric, flip=self.config.eval.flip, rerank=self.config.eval.rerank,
+                    model,
+                    self.data.query_loader,
+                    self.data.gallery_loader,
+                    self.device,
+                    metric=self.config.eval.metric,
+                    flip=self.config.eval.flip,
+                    rerank=self.config.eval.rerank,
                 )
             model.train()
         distributed.barrier()
@@ -360,6 +384,7 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
     """Build everything a run needs from `config` and train it (any process of a torchrun
     launch may call this); returns Trainer.fit()'s summary."""
     device = distributed.process_device(select_device(config.train.device))
+    threads = torch.get_num_threads()
     if device.type == "cpu" and config.train.cpu_threads:
         torch.set_num_threads(config.train.cpu_threads)
     context = distributed.init_distributed(device)
@@ -378,3 +403,4 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
         return trainer.fit()
     finally:
         distributed.destroy()
+        torch.set_num_threads(threads)
