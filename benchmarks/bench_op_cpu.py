@@ -2,16 +2,23 @@
 pure-PyTorch einsum reference and the naive broadcast, at the PAN shape B=16, C=2048,
 H x W = 16 x 8, P=14, float32, forward and forward+backward.
 
-    python -m pytest benchmarks/bench_op_cpu.py --benchmark-only --benchmark-columns=median,iqr,rounds
+    python -m pytest benchmarks/bench_op_cpu.py --benchmark-only --benchmark-columns=min,median,iqr,rounds
 
-A second table, printed once the module's cases have run, gives each case's peak
-extra memory, measured in a fresh interpreter: the process's peak resident set size
-over one call (VmHWM, reset through /proc/self/clear_refs just before it) minus its
-resident size before, with the inputs in memory and after a small warm-up call. torch
-keeps no CPU allocator statistics and tracemalloc does not see its allocations, hence
-the operating system's count (Linux only).
+On a machine shared with other work, wall-clock times of multi-threaded runs mostly
+measure the scheduler; one thread timed by CPU time compares the kernels steadily:
+
+    OMP_NUM_THREADS=1 python -m pytest benchmarks/bench_op_cpu.py --benchmark-only \
+        --benchmark-timer=time.process_time --benchmark-columns=min,median,iqr,rounds
+
+A second table, printed at the end of the run, gives each case's peak extra memory,
+measured in a fresh interpreter: the process's peak resident set size over one call
+(VmHWM, reset through /proc/self/clear_refs just before it) minus its resident size
+before, with the inputs in memory, after a small warm-up call and glibc's malloc_trim.
+torch keeps no CPU allocator statistics and tracemalloc does not see its allocations,
+hence the operating system's count (Linux, glibc).
 """
 
+import ctypes
 import os
 import re
 import subprocess
@@ -66,6 +73,9 @@ def peak_extra_memory_mib(impl, mode) -> float:
     """Peak resident memory added by one call, in this process (see the module doc)."""
     make_call(impl, mode, *make_inputs(**WARMUP_SHAPE))()
     call = make_call(impl, mode, *make_inputs(**SHAPE))
+    # Hand freed heap pages back to the system, so that what the call allocates shows
+    # up as new resident memory rather than reusing pages already counted.
+    ctypes.CDLL(None).malloc_trim(0)
     resident = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")  # resets VmHWM to the current resident size
@@ -99,16 +109,13 @@ def measure_in_subprocess(impl, mode) -> float:
 
 
 @pytest.fixture(scope="module")
-def memory_table(request):
-    """Collects the peak extra memory of each case and prints it once they have all run."""
+def memory_table(summary_lines):
+    """Collects the peak extra memory of each case, printed at the end of the run."""
     table = {}
     yield table
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None and table:
-        reporter.write_line("")
-        reporter.write_line(f"peak extra memory, B,C,H,W,P = {tuple(SHAPE.values())}, float32:")
-        for (impl, mode), mib in table.items():
-            reporter.write_line(f"  {impl:<17} {mode:<17} {mib:9.1f} MiB")
+    if table:
+        summary_lines.append(f"peak extra memory, (B, C, H, W, P) = {tuple(SHAPE.values())}, float32:")
+        summary_lines += [f"  {impl:<17} {mode:<17} {mib:9.1f} MiB" for (impl, mode), mib in table.items()]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -10,10 +10,12 @@ LAYOUTS = ("contiguous", "channels_last", "strided")
 def make_tensor(shape, dtype, device, layout, generator):
     """Random normal values (both signs) in the requested memory layout."""
     b, c, h, w = shape
-    if layout == "strided":  # a non-contiguous view: every other channel, columns offset by one
-        base = torch.randn(b, 2 * c, h, w + 2, generator=generator, dtype=torch.float64)
-        t = base.to(device=device, dtype=dtype)[:, ::2, :, 1 : w + 1]
-        assert not t.is_contiguous() or t.numel() <= 1
+    if layout == "strided":
+        # A view of every other channel and every other column: the innermost dimension of size > 1
+        # always has a stride of at least 2, so the view is non-contiguous for any shape with numel > 1.
+        base = torch.randn(b, 2 * c, h, 2 * w + 1, generator=generator, dtype=torch.float64)
+        t = base.to(device=device, dtype=dtype)[:, ::2, :, 1::2]
+        assert t.shape == shape and (not t.is_contiguous() or t.numel() <= 1)
         return t
     t = torch.randn(b, c, h, w, generator=generator, dtype=torch.float64).to(device=device, dtype=dtype)
     return t.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else t
