@@ -52,6 +52,24 @@ def test_tiny_run_trains_evaluates_and_writes_its_files(dataset_root, tmp_path):
     assert features.shape == (3, model.feature_dim)
 
 
+def test_training_stream_does_not_depend_on_evaluation_or_loader_workers(dataset_root, tmp_path):
+    # Augmentations are seeded per sample and the loaders own their generators, so neither
+    # evaluating between epochs nor decoding in a worker process may change a training step.
+    runs = {
+        "evaluated, in process": ["train.eval_every=1", "data.num_workers=0"],
+        "not evaluated": ["train.eval_every=0", "data.num_workers=0"],
+        "evaluated, one worker": ["train.eval_every=1", "data.num_workers=1"],
+    }
+    records = {}
+    for name, overrides in runs.items():
+        folder = tmp_path / name.replace(" ", "_").replace(",", "")
+        train(smoke_config(dataset_root, folder, "train.epochs=3", *overrides))
+        records[name] = step_records(folder)
+    assert len(records["evaluated, in process"]) == 6
+    assert records["not evaluated"] == records["evaluated, in process"]
+    assert records["evaluated, one worker"] == records["evaluated, in process"]
+
+
 class _SignalAtStep:
     """Wraps ReIDLoss.forward: sends `signum` to this process during step `step`."""
 
