@@ -13,9 +13,8 @@ import argparse
 
 import torch
 
-from pan_model.data import ImageDataset, build_transforms
 from pan_model.engine import load_model
-from pan_model.engine.loaders import prepare_dataset
+from pan_model.engine.loaders import build_test_loader, prepare_dataset
 from pan_model.models import get_masks
 
 
@@ -30,26 +29,16 @@ def mask_correlation(masks: torch.Tensor) -> torch.Tensor:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a PAN checkpoint (model_best.pt or checkpoint_last.pt)")
-    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args(argv)
 
     model, config = load_model(args.checkpoint)
-    queries = ImageDataset(
-        prepare_dataset(config).query, build_transforms(config.data.height, config.data.width, is_train=False)
-    )
-    with torch.no_grad():
-        masks = torch.cat(
-            [
-                get_masks(model, torch.stack([queries[i][0] for i in range(start, min(start + args.batch_size, len(queries)))]))
-                for start in range(0, len(queries), args.batch_size)
-            ]
-        )
+    masks = torch.cat([get_masks(model, images) for images, *_ in build_test_loader(config, prepare_dataset(config).query)])
     corr = mask_correlation(masks)
     parts = corr.shape[0]
     between = corr[~torch.eye(parts, dtype=torch.bool)].abs()
     spectrum = torch.linalg.eigvalsh(corr).flip(0)
     spectrum = spectrum / spectrum.sum()
-    print(f"{len(queries)} query images, masks {tuple(masks.shape[1:])}")
+    print(f"{masks.shape[0]} query images, masks {tuple(masks.shape[1:])}")
     print(f"mean |correlation| between different masks: {between.mean():.3f} (pairs above 0.9: {(between > 0.9).float().mean():.0%})")
     print("share of the leading eigenvalues: " + ", ".join(f"{v:.3f}" for v in spectrum[:5].tolist()))
     return 0

@@ -94,22 +94,10 @@ def _model_and_config(args):
 
 
 def _test_loaders(config: Config):
-    from torch.utils.data import DataLoader
-
-    from . import data
-    from .engine.loaders import prepare_dataset
+    from .engine.loaders import build_test_loader, prepare_dataset
 
     dataset = prepare_dataset(config)
-    transform = data.build_transforms(config.data.height, config.data.width, is_train=False)
-
-    def loader(items):
-        return DataLoader(
-            data.ImageDataset(items, transform),
-            batch_size=config.data.test_batch_size,
-            num_workers=config.data.num_workers,
-        )
-
-    return dataset, loader(dataset.query), loader(dataset.gallery)
+    return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
 
 
 def cmd_eval(args) -> int:

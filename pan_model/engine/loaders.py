@@ -134,6 +134,28 @@ def prepare_dataset(config: Config):
     return data.build_dataset(config.data.dataset, root)
 
 
+def _loader_options(num_workers: int, pin_memory: bool) -> dict:
+    # A private generator per loader: creating an iterator must not consume the global torch stream.
+    return dict(
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        worker_init_fn=_ignore_interrupts,
+        generator=torch.Generator(),
+    )
+
+
+def build_test_loader(config: Config, items, pin_memory: bool = False) -> DataLoader:
+    """The images of `items` ((img_path, pid, camid) triples) with the test transform, in
+    order, ``data.test_batch_size`` at a time: batches of (images, pids, camids)."""
+    from .. import data
+
+    cfg = config.data
+    images = data.ImageDataset(items, data.build_transforms(cfg.height, cfg.width, is_train=False))
+    return DataLoader(
+        images, batch_size=cfg.test_batch_size, shuffle=False, **_loader_options(cfg.num_workers, pin_memory)
+    )
+
+
 def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
     from .. import data
 
@@ -160,30 +182,19 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
     )
     epoch_sampler = EpochSampler(identity_sampler, config.train.seed, context.rank)
 
-    # A private generator per loader: creating an iterator must not consume the global torch stream.
-    def workers():
-        return dict(
-            num_workers=cfg.num_workers,
-            pin_memory=pin_memory,
-            worker_init_fn=_ignore_interrupts,
-            generator=torch.Generator(),
-        )
-
     train_loader = DataLoader(
         SeededDataset(train_set),
         batch_size=batch_size,
         sampler=epoch_sampler,
         drop_last=True,
         persistent_workers=cfg.num_workers > 0,
-        **workers(),
+        **_loader_options(cfg.num_workers, pin_memory),
     )
-    test_transform = data.build_transforms(cfg.height, cfg.width, is_train=False)
-
-    def test_loader(items):
-        return DataLoader(
-            data.ImageDataset(items, test_transform), batch_size=cfg.test_batch_size, shuffle=False, **workers()
-        )
-
     return RunData(
-        dataset, train_loader, epoch_sampler, test_loader(dataset.query), test_loader(dataset.gallery), batch_size
+        dataset,
+        train_loader,
+        epoch_sampler,
+        build_test_loader(config, dataset.query, pin_memory),
+        build_test_loader(config, dataset.gallery, pin_memory),
+        batch_size,
     )
