@@ -62,7 +62,10 @@ def compute_distance_matrix(
     out = torch.empty(query_features.shape[0], gallery_features.shape[0], dtype=torch.float32)
     for start in range(0, query_features.shape[0], chunk_size):
         query = query_features[start : start + chunk_size]
-        products = query @ gallery_features.T
+        # Off autocast, which would run this product in half precision when the caller
+        # extracts features under it: |q|^2 + |g|^2 - 2 q.g cancels most of those bits.
+        with torch.autocast(query.device.type, enabled=False):
+            products = query @ gallery_features.T
         if metric == "cosine":
             block = 1.0 - products
         else:
