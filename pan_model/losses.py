@@ -13,6 +13,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _check_batch(owner: str, name: str, width: str, values: torch.Tensor, targets: torch.Tensor) -> None:
+    """values must be [B, width] with one target per row."""
+    if values.dim() != 2 or targets.shape != values.shape[:1]:
+        raise ValueError(
+            f"{owner}: expected {name} [B, {width}] and targets [B], "
+            f"got {name} {tuple(values.shape)} and targets {tuple(targets.shape)}"
+        )
+
+
 class CrossEntropyLabelSmooth(nn.Module):
     """Cross-entropy against targets smoothed to (1 - eps) one-hot + eps / num_classes."""
 
@@ -23,11 +32,7 @@ class CrossEntropyLabelSmooth(nn.Module):
         self.epsilon = epsilon
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if logits.dim() != 2 or targets.shape != logits.shape[:1]:
-            raise ValueError(
-                f"CrossEntropyLabelSmooth: expected logits [B, classes] and targets [B], "
-                f"got logits {tuple(logits.shape)} and targets {tuple(targets.shape)}"
-            )
+        _check_batch("CrossEntropyLabelSmooth", "logits", "classes", logits, targets)
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.epsilon)
 
 
@@ -51,11 +56,7 @@ class BatchHardTripletLoss(nn.Module):
         self.margin = margin
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        if features.dim() != 2 or targets.shape != features.shape[:1]:
-            raise ValueError(
-                f"BatchHardTripletLoss: expected features [B, d] and targets [B], "
-                f"got features {tuple(features.shape)} and targets {tuple(targets.shape)}"
-            )
+        _check_batch("BatchHardTripletLoss", "features", "d", features, targets)
         distances = pairwise_euclidean(features.float())
         same_identity = targets[:, None] == targets[None, :]
         if bool(same_identity.all()):
