@@ -120,3 +120,8 @@ def test_reid_loss_computes_in_float32_under_bfloat16_inputs():
     }
     total, _ = ReIDLoss()(outputs, torch.tensor([0, 0, 1, 1]))
     assert total.dtype == torch.float32
+    # bf16 -> fp32 is exact, so a loss computed in fp32 from the start must agree closely;
+    # one computed in bf16 and cast up would not.
+    widened = {k: ([t.float() for t in v] if isinstance(v, list) else v.float()) for k, v in outputs.items()}
+    reference, _ = ReIDLoss()(widened, torch.tensor([0, 0, 1, 1]))
+    assert total.item() == pytest.approx(reference.item(), rel=1e-6)
