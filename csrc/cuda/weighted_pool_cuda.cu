@@ -37,6 +37,7 @@
 #include "weighted_pool.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -60,7 +61,7 @@ constexpr int kMaskTileBytes = 32 * 1024;  // shared memory for the forward's M 
 enum class Layout { kChannelsFirst, kChannelsLast };
 
 template <typename T>
-using acc_t = std::conditional_t<std::is_same<T, double>::value, double, float>;
+using acc_t = at::opmath_type<T>;  // float for half types and float, double for double
 
 // Register tiers: P parts run in chunks of PMAX = 8, 16 or 32 parts (double: 8).
 template <typename T>
@@ -603,11 +604,6 @@ pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restri
 // Host side
 // ---------------------------------------------------------------------------
 
-template <typename T>
-at::ScalarType acc_scalar_type() {
-  return std::is_same<T, double>::value ? at::kDouble : at::kFloat;
-}
-
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // F as the kernels read it: dense NCHW or channels_last, else a dense copy in the
@@ -730,7 +726,7 @@ void launch_backward(const at::Tensor& grad, const FeatureView& view, const at::
   const int64_t B = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
   const int P = static_cast<int>(masks.size(1));
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const auto acc_options = features.options().dtype(acc_scalar_type<T>());
+  const auto acc_options = features.options().dtype(at::toOpMathType(features.scalar_type()));
   const A eps_acc = static_cast<A>(eps);
   dispatch_part_tier<T>(P, [&](auto tier) {
     constexpr int PMAX = decltype(tier)::value;
@@ -739,7 +735,9 @@ void launch_backward(const at::Tensor& grad, const FeatureView& view, const at::
     const bool first = view.layout == Layout::kChannelsFirst;
     const int U = first ? Tile::kChannels : TileLast::kChannels;
     const int V = first ? Tile::kPositions : TileLast::kPositions;
-    const int64_t channel_tiles = ceil_div(C, Tile::kCtaChannels);  // the same for both layouts
+    // Per layout: with 8-byte types the two tiles stage different amounts, so their
+    // shared-memory budgets leave room for different channel counts.
+    const int64_t channel_tiles = ceil_div(C, first ? Tile::kCtaChannels : TileLast::kCtaChannels);
     const TileSplit split = split_tiles(channel_tiles, B, multiprocessor_count(features),
                                         kBackwardBlocksPerSm<T, PMAX>);
     check_grid(B * split.ctas_per_sample, "the backward");
