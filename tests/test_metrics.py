@@ -142,6 +142,17 @@ def test_distance_matrix_matches_direct_formula(metric):
         torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distance_matrix_is_computed_in_full_precision_under_autocast(metric):
+    # The trainer evaluates under autocast; distances must not follow it into bf16.
+    generator = torch.Generator().manual_seed(11)
+    query, gallery = torch.randn(7, 33, generator=generator), torch.randn(13, 33, generator=generator)
+    expected = compute_distance_matrix(query, gallery, metric)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = compute_distance_matrix(query, gallery, metric)
+    torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+
+
 def test_distance_matrix_rejects_bad_input():
     with pytest.raises(ValueError, match="metric must be one of"):
         compute_distance_matrix(torch.ones(2, 3), torch.ones(4, 3), "manhattan")
