@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -52,17 +53,15 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True when `flag` is true in every process (the flag itself without a process group)."""
+def any_rank_true(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """For each flag, whether it is true in any process: one all_reduce for all of them, so a
+    training step that needs several agreements pays for one round trip (the flags
+    themselves without a process group)."""
     if not dist.is_initialized():
-        return flag
-    value = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
-def any_rank_true(flag: bool, device: torch.device) -> bool:
-    return not all_ranks_true(not flag, device)
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([1 if flag else 0 for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
 
 
 def destroy() -> None:

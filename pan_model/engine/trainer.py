@@ -26,8 +26,9 @@ from torch import nn
 from .. import build_model
 from ..config import Config
 from ..losses import ReIDLoss
+from ..models import unwrap_model
 from . import distributed
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint, unwrap_model
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistributedContext
 from .loaders import RunData, build_run_data
 from .optim import WarmupMultiStepLR, build_optimizer
@@ -130,7 +131,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed in the running epoch
         self.global_step = 0
-        self.epoch_sums: dict = {}  # per-component loss sums (and "steps") of the running epoch
+        self.epoch_sums: dict = {}  # per-component loss sums over the running epoch's steps
         self.best: dict = {}  # {"epoch": e, "score": s, <scores>} of the best evaluation so far
         self.last_scores: dict = {}  # scores (and CMC) of the latest evaluation
         self.stop_reason: Optional[str] = None
@@ -144,11 +145,17 @@ class Trainer:
         self.stop_reason = reason
 
     # ---- state -----------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def _model_state(self) -> dict:
+        """What rebuilds the model (checkpoint.load_model reads it from either file)."""
         return {
             "config": self.config.to_dict(),
             "num_classes": self.data.num_classes,
             "model": unwrap_model(self.model).state_dict(),
+        }
+
+    def state_dict(self) -> dict:
+        return {
+            **self._model_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -169,7 +176,8 @@ class Trainer:
         self.epoch = state["epoch"]
         self.step_in_epoch = state["step_in_epoch"]
         self.global_step = state["global_step"]
-        self.epoch_sums = dict(state["epoch_sums"])
+        # (older checkpoints also stored "steps", which always equals step_in_epoch)
+        self.epoch_sums = {name: value for name, value in state["epoch_sums"].items() if name != "steps"}
         self.best = dict(state["best"])
         self.data.epoch_sampler.load_state_dict(state["sampler"])
         restore_rng_state(state["rng"])
@@ -260,23 +268,22 @@ class Trainer:
             for images, pids, *_ in self.data.train_loader:
                 if self.step_in_epoch >= steps:
                     break
-                components = self._train_step(images, pids)
+                components, stop = self._train_step(images, pids)
                 self.step_in_epoch += 1
                 self.global_step += 1
                 images_seen += images.shape[0] * self.context.world_size
                 for name, value in components.items():
                     self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
-                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
                 throughput = images_seen / (time.perf_counter() - started)
                 progress.set_postfix(loss=f"{components['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}")
                 progress.update()
                 if self.global_step % self.config.train.log_every == 0:
                     self.log.write(self._record("step", self.epoch + 1, lr=lr, **components))
-                if self.step_in_epoch < steps and self._stop_agreed():
-                    return False
+                if stop and self.step_in_epoch < steps:
+                    return False  # (at an epoch's end, fit() checks again after the epoch's work)
         if self.step_in_epoch < steps:
             raise RuntimeError(f"the training loader ended after {self.step_in_epoch} of {steps} steps")
-        means = {name: value / self.epoch_sums["steps"] for name, value in self.epoch_sums.items() if name != "steps"}
+        means = {name: value / self.step_in_epoch for name, value in self.epoch_sums.items()}
         self.log.write(self._record("train", self.epoch + 1, lr=lr, images_per_s=round(throughput, 2), **means))
         self._print(
             f"epoch {self.epoch + 1}/{self.config.train.epochs}  loss {means['total']:.4f}  lr {lr:.2e}  "
@@ -284,14 +291,20 @@ class Trainer:
         )
         return True
 
-    def _train_step(self, images: torch.Tensor, pids: torch.Tensor) -> dict:
+    def _train_step(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[dict, bool]:
+        """One optimiser step; returns the loss components and whether any process was asked
+        to stop. The step waits for the device once, to read all components together, and
+        under DDP agrees on "some loss is not finite" and "stop" in one all_reduce."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         pids = pids.to(self.device, non_blocking=True)
         with self._autocast():
             outputs = self.train_model(images)
         loss, components = self.loss_fn(outputs, pids)
-        values = {name: value.item() for name, value in components.items()}
-        if not distributed.all_ranks_true(math.isfinite(values["total"]), self.device):
+        values = dict(zip(components, torch.stack([value.float() for value in components.values()]).tolist()))
+        non_finite, stop = distributed.any_rank_true(
+            [not math.isfinite(values["total"]), self.stop_reason is not None], self.device
+        )
+        if non_finite:
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} "
                 f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); training stopped. "
@@ -305,7 +318,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return values
+        return values, stop
 
     def _autocast(self):
         """Mixed precision per train.amp (a disabled context when it resolves to none)."""
@@ -315,21 +328,18 @@ class Trainer:
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop (all processes then stop at the same step)."""
-        return distributed.any_rank_true(self.stop_reason is not None, self.device)
+        return distributed.any_rank_true([self.stop_reason is not None], self.device)[0]
 
     # ---- evaluation ------------------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict:
         """Scores of the current model on query vs gallery (main process; others wait)."""
         from ..evaluation import evaluate
 
         scores: dict = {}
         if self.context.is_main:
-            model = unwrap_model(self.model)
-            model.eval()
-            with self._autocast():
+            with self._autocast():  # evaluate() runs the model in eval mode and inference mode
                 scores = evaluate(
-                    model,
+                    unwrap_model(self.model),
                     self.data.query_loader,
                     self.data.gallery_loader,
                     self.device,
@@ -337,7 +347,6 @@ class Trainer:
                     flip=self.config.eval.flip,
                     rerank=self.config.eval.rerank,
                 )
-            model.train()
         distributed.barrier()
         return scores
 
@@ -352,14 +361,7 @@ class Trainer:
         if not self.best or score > self.best["score"]:
             self.best = {"epoch": self.epoch, "score": score, **summary}
             save_checkpoint(
-                {
-                    "config": self.config.to_dict(),
-                    "num_classes": self.data.num_classes,
-                    "model": unwrap_model(self.model).state_dict(),
-                    "epoch": self.epoch,
-                    "scores": summary,
-                },
-                self.output_dir / BEST_NAME,
+                {**self._model_state(), "epoch": self.epoch, "scores": summary}, self.output_dir / BEST_NAME
             )
         self.last_scores = {**summary, "cmc": [float(v) for v in scores.get("cmc", [])]}
 
