@@ -64,7 +64,8 @@ def cmd_train(args) -> int:
     if args.config is not None:
         config = load_config(args.config, args.overrides)
     else:
-        config = apply_overrides(config_from_dict(load_checkpoint(args.resume)["config"]), args.overrides)
+        stored = load_checkpoint(args.resume, mmap=True)["config"]  # the trainer reads the weights later
+        config = apply_overrides(config_from_dict(stored), args.overrides)
     if args.output_dir:
         config = apply_overrides(config, [f"output_dir={args.output_dir}"])
     resume = args.resume

@@ -18,8 +18,8 @@ from pan_model.engine.checkpoint import (
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
-    unwrap_model,
 )
+from pan_model.models import unwrap_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,10 +35,11 @@ def _state(seed: int) -> dict:
     }
 
 
-def test_round_trip_loads_weights_only(tmp_path):
+@pytest.mark.parametrize("mmap", [False, True])
+def test_round_trip_loads_weights_only(tmp_path, mmap):
     state = _state(3)
     path = save_checkpoint(state, tmp_path / "deep" / "ckpt.pt")
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint(path, mmap=mmap)
     assert loaded["epoch"] == 3 and torch.equal(loaded["weights"], state["weights"])
     assert all(torch.equal(loaded["model"][k], v) for k, v in state["model"].items())
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary left behind

@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from pan_model import build_model
 from pan_model.config import load_config
 from pan_model.engine import Trainer, distributed
-from pan_model.engine.checkpoint import unwrap_model
 from pan_model.engine.loaders import build_run_data, prepare_dataset
+from pan_model.models import unwrap_model
 
 SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
 WORLD_SIZE = 2
@@ -54,9 +54,9 @@ def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
         trainer = Trainer(config, model, data, device, context)
         result = trainer.fit()
         final = {name: p.detach().clone() for name, p in unwrap_model(trainer.model).named_parameters()}
-        batches = [pids.tolist() for _, pids, *_ in data.train_loader]
+        samples = [int(index) for index in data.epoch_sampler.sampler]  # the last epoch's, in order
         torch.save(
-            {"initial": initial, "final": final, "result": result, "batches": batches}, Path(output) / f"rank{rank}.pt"
+            {"initial": initial, "final": final, "result": result, "samples": samples}, Path(output) / f"rank{rank}.pt"
         )
     finally:
         distributed.destroy()
@@ -72,7 +72,7 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     for name, tensor in ranks[0]["final"].items():
         assert torch.equal(tensor, ranks[1]["final"][name]), f"replicas differ in {name}"
     assert any(not torch.equal(ranks[0]["final"][n], ranks[0]["initial"][n]) for n in ranks[0]["final"])
-    assert ranks[0]["batches"] != ranks[1]["batches"]  # each process trains on its own batches
+    assert ranks[0]["samples"] != ranks[1]["samples"]  # each process trains on its own batches
     # only the main process evaluates and writes the run's files
     assert 0.0 <= ranks[0]["result"]["rank1"] <= 1.0 and "rank1" not in ranks[1]["result"]
     assert (tmp_path / "checkpoint_last.pt").is_file() and (tmp_path / "metrics.json").is_file()

@@ -52,12 +52,14 @@ def _fsync_directory(folder: Path) -> None:
         os.close(descriptor)
 
 
-def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cpu") -> dict:
-    """Read a checkpoint written by `save_checkpoint` (weights_only: no code execution)."""
+def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cpu", mmap: bool = False) -> dict:
+    """Read a checkpoint written by `save_checkpoint` (weights_only: no code execution).
+    mmap=True maps the tensors' bytes instead of reading them: cheap when only the
+    config or the scores are wanted."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     if not isinstance(state, dict) or "format_version" not in state:
         raise ValueError(f"{path} is not a pan_model checkpoint (no format_version)")
     if state["format_version"] > FORMAT_VERSION:
@@ -66,17 +68,6 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
             f"pan_model understands ({FORMAT_VERSION}); upgrade pan_model"
         )
     return state
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def capture_rng_state() -> dict:

@@ -46,16 +46,21 @@ def build_model(arch: str, num_classes: int, **options) -> ReIDModel:
     return cls(num_classes, **{name: value for name, value in options.items() if name in accepted})
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel / torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DistributedDataParallel and torch.compile wrappers, in any nesting."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
 
 
 @torch.no_grad()
 def get_masks(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """PAN's part masks [B, P, h, w] for `images`, computed in eval mode (BN running statistics)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if not hasattr(model, "compute_masks"):
         raise ValueError(f"get_masks: {type(model).__name__} has no part masks; only PAN models have them")
     was_training = model.training
@@ -66,4 +71,4 @@ def get_masks(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         model.train(was_training)
 
 
-__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "get_masks"]
+__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "get_masks", "unwrap_model"]
