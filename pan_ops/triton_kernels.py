@@ -103,6 +103,13 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float64 else "tf32x3"
 
 
+def _launcher(kernel):
+    """What launches `kernel` inside a triton_op: wrap_triton, so that torch.compile can trace
+    the launch; under the interpreter the kernel itself, since nothing traces a CPU launch and
+    older torch (2.11 seen) rejects interpreted kernels in wrap_triton."""
+    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
+
+
 def _check_device(t: torch.Tensor) -> None:
     if t.device.type == "cpu" and not INTERPRET:
         raise RuntimeError(
@@ -340,7 +347,7 @@ if AVAILABLE:
         def grid(meta):
             return (triton.cdiv(C, meta["BLOCK_C"]), B)
 
-        torch.library.wrap_triton(_forward_kernel)[grid](
+        _launcher(_forward_kernel)[grid](
             features, masks, out,
             C, P, H * W, W, *_split_eps(eps),
             features.stride(0), features.stride(1), f_sh, f_sw,
@@ -381,7 +388,7 @@ if AVAILABLE:
         df_sh, df_sw, df_flat = _spatial_strides(grad_features)
         dm_sh, dm_sw, dm_flat = _spatial_strides(grad_masks)
 
-        torch.library.wrap_triton(_backward_features_kernel)[(num_tiles, B)](
+        _launcher(_backward_features_kernel)[(num_tiles, B)](
             grad, features, masks, grad_features, partials,
             C, P, HW, W, eps_hi, eps_lo,
             grad.stride(0), grad.stride(1), grad.stride(2),
@@ -394,7 +401,7 @@ if AVAILABLE:
         )  # fmt: skip
 
         tile_block = min(_next_pow2(num_tiles), 32)
-        torch.library.wrap_triton(_backward_masks_kernel)[(P, B)](
+        _launcher(_backward_masks_kernel)[(P, B)](
             masks, partials, g_raw, grad_masks,
             P, HW, W, num_tiles, eps_hi, eps_lo,
             masks.stride(0), masks.stride(1), m_sh, m_sw,
