@@ -73,6 +73,8 @@ class LossConfig:
     triplet_margin: Optional[float] = None  # None: soft margin log(1 + exp(d_ap - d_an))
     id_weight: float = 1.0  # on the mean of the global and local identity losses
     triplet_weight: float = 1.0
+    # Not in the paper: weight of the masks' mean squared correlation (losses.MaskDecorrelationLoss)
+    mask_decorrelation_weight: float = 0.0
 
 
 @dataclass

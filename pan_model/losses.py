@@ -69,11 +69,31 @@ class BatchHardTripletLoss(nn.Module):
         return F.relu(gap + self.margin).mean()
 
 
+class MaskDecorrelationLoss(nn.Module):
+    """Mean squared correlation between different part masks of the same image (over the
+    h*w positions): 0 when every pair of masks is uncorrelated, 1 when all are one map up
+    to scale and sign. Not in the paper; an option against the masks' collapse onto one
+    map (notes/accuracy_synthetic.md). A constant mask counts as uncorrelated."""
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if masks.dim() != 4 or masks.shape[1] < 2:
+            raise ValueError(f"MaskDecorrelationLoss: expected masks [B, P>=2, h, w], got {tuple(masks.shape)}")
+        flat = masks.float().flatten(2)
+        centred = flat - flat.mean(2, keepdim=True)
+        unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
+        correlation = unit @ unit.transpose(1, 2)  # [B, P, P], ones on the diagonal
+        parts = masks.shape[1]
+        off_diagonal = ~torch.eye(parts, dtype=torch.bool, device=masks.device)
+        return correlation.pow(2)[:, off_diagonal].mean()
+
+
 class ReIDLoss(nn.Module):
     """L = id_weight * mean(identity losses of the branches present) + triplet_weight * L_tri.
 
     With a global and a local branch this is the paper's 1/2 (L_g,id + L_l,id) + L_tri; the
     local identity loss is the mean over parts; a global-only model has just L_g,id.
+    mask_decorrelation_weight > 0 adds that multiple of MaskDecorrelationLoss on the masks
+    of a PAN model (not in the paper; 0 by default).
     Returns the total and a dict of detached components for logging.
     """
 
@@ -83,12 +103,17 @@ class ReIDLoss(nn.Module):
         triplet_margin: Optional[float] = None,
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
+        mask_decorrelation_weight: float = 0.0,
     ):
         super().__init__()
+        if mask_decorrelation_weight < 0:
+            raise ValueError(f"ReIDLoss: mask_decorrelation_weight must be >= 0, got {mask_decorrelation_weight}")
         self.identity = CrossEntropyLabelSmooth(label_smoothing)
         self.triplet = BatchHardTripletLoss(triplet_margin)
+        self.mask_decorrelation = MaskDecorrelationLoss()
         self.id_weight = id_weight
         self.triplet_weight = triplet_weight
+        self.mask_decorrelation_weight = mask_decorrelation_weight
 
     def forward(self, outputs: dict, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         components = {"id_global": self.identity(outputs["global_logits"], targets)}
@@ -98,5 +123,8 @@ class ReIDLoss(nn.Module):
         identity = torch.stack(list(components.values())).mean()
         components["triplet"] = self.triplet(outputs["triplet_feature"], targets)
         total = self.id_weight * identity + self.triplet_weight * components["triplet"]
+        if self.mask_decorrelation_weight > 0 and "masks" in outputs:
+            components["mask_decorrelation"] = self.mask_decorrelation(outputs["masks"])
+            total = total + self.mask_decorrelation_weight * components["mask_decorrelation"]
         components["total"] = total
         return total, {name: value.detach() for name, value in components.items()}

@@ -2,10 +2,11 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from pan_model.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth, ReIDLoss
+from pan_model.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth, MaskDecorrelationLoss, ReIDLoss
 
 
 def _smoothed_ce_reference(logits, targets, epsilon):
@@ -125,3 +126,51 @@ def test_reid_loss_computes_in_float32_under_bfloat16_inputs():
     widened = {k: ([t.float() for t in v] if isinstance(v, list) else v.float()) for k, v in outputs.items()}
     reference, _ = ReIDLoss()(widened, torch.tensor([0, 0, 1, 1]))
     assert total.item() == pytest.approx(reference.item(), rel=1e-6)
+
+
+def _mean_squared_mask_correlation_reference(masks):
+    """numpy's Pearson correlation of every pair of different masks of each image, squared, averaged."""
+    values = []
+    for sample in masks.double().numpy():
+        correlation = np.corrcoef(sample.reshape(sample.shape[0], -1))
+        values.extend(correlation[~np.eye(len(correlation), dtype=bool)] ** 2)
+    return float(np.mean(values))
+
+
+def test_mask_decorrelation_matches_numpy_correlations():
+    masks = torch.randn(3, 5, 7, 3, generator=torch.Generator().manual_seed(7))
+    masks[1] += 2.0 * masks[1, :1]  # correlated masks in one sample, so the value is not near 0
+    value = MaskDecorrelationLoss()(masks)
+    assert value.item() == pytest.approx(_mean_squared_mask_correlation_reference(masks), rel=1e-5)
+    assert value.item() > 0.05
+
+
+def test_mask_decorrelation_is_one_for_one_map_and_zero_for_uncorrelated_maps():
+    base = torch.randn(1, 1, 5, 3, generator=torch.Generator().manual_seed(8))
+    scales, offsets = torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1), torch.tensor([0.0, 1.0, -3.0]).view(1, 3, 1, 1)
+    scaled_copies = base * scales + offsets
+    assert MaskDecorrelationLoss()(scaled_copies).item() == pytest.approx(1.0, rel=1e-6)
+    # rows of an orthogonal matrix orthogonal to the constant vector: centred and uncorrelated
+    columns = torch.cat([torch.ones(15, 1), torch.randn(15, 4, generator=torch.Generator().manual_seed(9))], 1)
+    basis, _ = torch.linalg.qr(columns.double())
+    uncorrelated = basis[:, 1:].t().reshape(1, 4, 5, 3).float() + 0.7
+    assert MaskDecorrelationLoss()(uncorrelated).item() < 1e-10
+
+
+def test_reid_loss_adds_weighted_mask_decorrelation_only_when_asked():
+    generator = torch.Generator().manual_seed(10)
+    masks = torch.randn(8, 3, 6, 4, generator=generator, requires_grad=True)
+    outputs = {**_outputs(8, 4, 3, generator), "masks": masks}
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    paper_total, paper_components = ReIDLoss()(outputs, targets)
+    assert "mask_decorrelation" not in paper_components
+    total, components = ReIDLoss(mask_decorrelation_weight=0.3)(outputs, targets)
+    expected = _mean_squared_mask_correlation_reference(outputs["masks"].detach())
+    assert components["mask_decorrelation"].item() == pytest.approx(expected, rel=1e-5)
+    assert total.item() == pytest.approx(paper_total.item() + 0.3 * expected, rel=1e-6)
+    total.backward()
+    assert outputs["masks"].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_decorrelation_weight"):
+        ReIDLoss(mask_decorrelation_weight=-1.0)
+    with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(8, 1, 6\)"):
+        MaskDecorrelationLoss()(torch.randn(8, 1, 6))

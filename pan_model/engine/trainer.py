@@ -12,6 +12,7 @@ Files written into ``config.output_dir`` (by the main process):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -110,9 +111,7 @@ class Trainer:
 
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=self.memory_format)
-        self.loss_fn = ReIDLoss(
-            config.loss.label_smoothing, config.loss.triplet_margin, config.loss.id_weight, config.loss.triplet_weight
-        )
+        self.loss_fn = ReIDLoss(**dataclasses.asdict(config.loss))
         self.optimizer = build_optimizer(self.model, optim.name, optim.lr, optim.weight_decay, optim.momentum)
         self.scheduler = WarmupMultiStepLR(
             self.optimizer, optim.milestones, optim.gamma, optim.warmup_epochs, optim.warmup_factor
