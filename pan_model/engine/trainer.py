@@ -292,8 +292,8 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[dict, bool]:
         """One optimiser step; returns the loss components and whether any process was asked
-        to stop. The step waits for the device once, to read all components together, and
-        under DDP agrees on "some loss is not finite" and "stop" in one all_reduce."""
+        to stop. All components come to the host in one transfer (not one .item() each), and
+        under DDP "some loss is not finite" and "stop" are agreed in one all_reduce."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         pids = pids.to(self.device, non_blocking=True)
         with self._autocast():
