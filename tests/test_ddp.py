@@ -1,11 +1,13 @@
 """Two CPU processes train through DistributedDataParallel (gloo), as torchrun would run
 them: the replicas start from different random weights and must end bitwise identical."""
 
+import datetime
 import os
 import socket
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pan_model import build_model
@@ -38,12 +40,14 @@ def _config(dataset_root, output):
     )
 
 
-def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
+def _replica(rank: int, port: int, dataset_root: str, output: str, stop_rank: int = -1) -> None:
     os.environ.update(
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
     device = torch.device("cpu")
+    # joined here with a short timeout, so that a process left waiting fails the test, not hangs it
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     context = distributed.init_distributed(device)
     try:
         config = _config(dataset_root, output)
@@ -52,6 +56,8 @@ def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
         model = build_model(config.model.arch, data.num_classes, **config.model.options())
         initial = {name: p.detach().clone() for name, p in model.named_parameters()}
         trainer = Trainer(config, model, data, device, context)
+        if rank == stop_rank:  # as a signal would, in this process only, during its third step
+            _request_stop_in_step(trainer, step=3)
         result = trainer.fit()
         final = {name: p.detach().clone() for name, p in unwrap_model(trainer.model).named_parameters()}
         samples = [int(index) for index in data.epoch_sampler.sampler]  # the last epoch's, in order
@@ -60,6 +66,17 @@ def _replica(rank: int, port: int, dataset_root: str, output: str) -> None:
         )
     finally:
         distributed.destroy()
+
+
+def _request_stop_in_step(trainer: Trainer, step: int) -> None:
+    original = trainer._train_step
+
+    def train_step(images, pids):
+        if trainer.global_step + 1 == step:
+            trainer.request_stop("test stop")
+        return original(images, pids)
+
+    trainer._train_step = train_step
 
 
 def test_two_process_ddp_keeps_replicas_identical(tmp_path):
@@ -76,3 +93,15 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path):
     # only the main process evaluates and writes the run's files
     assert 0.0 <= ranks[0]["result"]["rank1"] <= 1.0 and "rank1" not in ranks[1]["result"]
     assert (tmp_path / "checkpoint_last.pt").is_file() and (tmp_path / "metrics.json").is_file()
+
+
+def test_a_stop_in_one_process_stops_every_process_at_the_same_step(tmp_path):
+    dataset_root = tmp_path / "data"
+    prepare_dataset(_config(dataset_root, tmp_path))
+    mp.spawn(_replica, args=(_free_port(), str(dataset_root), str(tmp_path), 1), nprocs=WORLD_SIZE, join=True)
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(WORLD_SIZE)]
+    stopped = {"status": "interrupted", "epoch": 1, "step_in_epoch": 1}  # 2 steps per epoch
+    assert ranks[0]["result"] == stopped and ranks[1]["result"] == stopped
+    for name, tensor in ranks[0]["final"].items():
+        assert torch.equal(tensor, ranks[1]["final"][name]), f"replicas differ in {name}"
+    assert torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["global_step"] == 3
