@@ -15,15 +15,8 @@ import torch
 
 from pan_model.engine import load_model
 from pan_model.engine.loaders import build_test_loader, prepare_dataset
+from pan_model.losses import mask_correlations
 from pan_model.models import get_masks
-
-
-def mask_correlation(masks: torch.Tensor) -> torch.Tensor:
-    """[N, P, h, w] masks -> [P, P] correlation between masks, averaged over the N images."""
-    flat = masks.flatten(2).double()
-    flat = flat - flat.mean(-1, keepdim=True)
-    flat = flat / flat.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.einsum("npk,nqk->pq", flat, flat) / masks.shape[0]
 
 
 def main(argv=None) -> int:
@@ -33,7 +26,7 @@ def main(argv=None) -> int:
 
     model, config = load_model(args.checkpoint)
     masks = torch.cat([get_masks(model, images) for images, *_ in build_test_loader(config, prepare_dataset(config).query)])
-    corr = mask_correlation(masks)
+    corr = mask_correlations(masks.double()).mean(0)  # [P, P], averaged over the images
     parts = corr.shape[0]
     between = corr[~torch.eye(parts, dtype=torch.bool)].abs()
     spectrum = torch.linalg.eigvalsh(corr).flip(0)

@@ -69,22 +69,26 @@ class BatchHardTripletLoss(nn.Module):
         return F.relu(gap + self.margin).mean()
 
 
+def mask_correlations(masks: torch.Tensor) -> torch.Tensor:
+    """[B, P, h, w] -> [B, P, P]: Pearson correlation between the masks of each image over its
+    h*w positions (float32 at least; a constant mask has correlation 0 with every other)."""
+    flat = masks.flatten(2).to(torch.promote_types(masks.dtype, torch.float32))
+    centred = flat - flat.mean(2, keepdim=True)
+    unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.transpose(1, 2)
+
+
 class MaskDecorrelationLoss(nn.Module):
-    """Mean squared correlation between different part masks of the same image (over the
-    h*w positions): 0 when every pair of masks is uncorrelated, 1 when all are one map up
-    to scale and sign. Not in the paper; an option against the masks' collapse onto one
-    map (notes/accuracy_synthetic.md). A constant mask counts as uncorrelated."""
+    """Mean squared correlation between different part masks of the same image: 0 when every
+    pair of masks is uncorrelated, 1 when all are one map up to scale and sign. Not in the
+    paper; an option against the masks' collapse onto one map (notes/accuracy_synthetic.md)."""
 
     def forward(self, masks: torch.Tensor) -> torch.Tensor:
         if masks.dim() != 4 or masks.shape[1] < 2:
             raise ValueError(f"MaskDecorrelationLoss: expected masks [B, P>=2, h, w], got {tuple(masks.shape)}")
-        flat = masks.float().flatten(2)
-        centred = flat - flat.mean(2, keepdim=True)
-        unit = centred / centred.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        correlation = unit @ unit.transpose(1, 2)  # [B, P, P], ones on the diagonal
         parts = masks.shape[1]
         off_diagonal = ~torch.eye(parts, dtype=torch.bool, device=masks.device)
-        return correlation.pow(2)[:, off_diagonal].mean()
+        return mask_correlations(masks).pow(2)[:, off_diagonal].mean()
 
 
 class ReIDLoss(nn.Module):
