@@ -1,0 +1,797 @@
+// Fused CUDA kernels of pan_ops::weighted_pool and pan_ops::weighted_pool_backward, and the
+// op's body that plans and launches them.
+//
+//   S[b,p]   = max(sum_hw |M[b,p,hw]|, eps)
+//   f[b,p,c] = sum_hw F[b,c,hw] M[b,p,hw] / S[b,p]
+//
+// The op is memory bound: it reads F once and does 2P flops per element of F, so
+// every kernel streams F exactly once with coalesced (16-byte where possible) loads
+// and keeps its P-wide products in registers, accumulating in float (double for
+// double). F is read in place when it is NCHW (hw contiguous) or channels_last
+// (c contiguous); other strides are made dense first. No float atomics anywhere:
+// every sum has a fixed order, so results are bitwise reproducible.
+//
+// Parts run in register tiers of PMAX = 8, 16 or 32 parts (double: 8); more parts run in
+// chunks of PMAX. Each sample's channels are cut into tiles, and the tiles of a sample
+// are shared out over about one wave of CTAs (split_tiles), so a CTA streams several
+// tiles after one prologue, with the loads of the next step always in flight.
+//
+// Forward, pool_forward_kernel: a CTA per (sample, run of channel tiles, part chunk).
+//   It computes the part norms S once, stages M[b] in shared memory as accumulator type
+//   (in tiles of positions when HW is large) and streams F. A lane owns K channels and a
+//   quarter of HW (4 positions out of every 16): per step it loads a K x 4 tile of F and
+//   does K*4*PMAX FMAs against 4-wide shared reads of M; at the end of a channel tile
+//   the 4 lanes of a quad sum their products with a reduce-scatter and each stores
+//   PMAX/4 parts.
+//
+// Backward, without the forward output:
+//   G[p,hw] = sum_c g[p,c] F[c,hw] / S[p],   dF[c,hw] = sum_p g[p,c] M[p,hw] / S[p],
+//   dM[p,hw] = G[p,hw] - sign(M[p,hw]) * (sum_hw' G M)[p] / S[p]  (only where sum|M| > eps).
+//   1. pool_backward_features_kernel: a CTA per (sample, run of channel tiles). A thread
+//      owns V positions, with M/S there in registers, and walks its share of each tile's
+//      channels U at a time against g of the tile in shared memory: it reads F once,
+//      writes dF once and accumulates sum_c g F over its channels. A fixed tree over the
+//      thread groups leaves one partial per CTA in a float workspace [B, CTAs per
+//      sample, P, HW]. Part chunks after the first add into dF.
+//   2. pool_backward_masks_kernel: a CTA per (sample, part) sums the partials in order
+//      into G and forms dM.
+//
+// Two programs include this file: the CUDA build (weighted_pool_cuda.cu) and a CPU
+// emulation of CUDA's execution model that the tests run where there is no GPU
+// (tests/cuda_emulation). Each provides, before including it: dim3 and the device-side
+// names the kernels use; `Target` {int multiprocessors; stream}; and
+// launch_kernel(kernel, grid, threads, stream, args...), which runs the kernel's grid.
+#pragma once
+
+#include "weighted_pool.h"
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+
+namespace pan_ops {
+namespace {
+
+constexpr int kThreads = 256;  // threads per CTA of the forward and backward-features kernels
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaskThreads = 128;  // threads per CTA of the backward-masks kernel
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kMaskTileBytes = 32 * 1024;  // shared memory for the forward's M tile
+
+// Which dimension of one sample of F is contiguous: hw (NCHW) or c (channels_last).
+enum class Layout { kChannelsFirst, kChannelsLast };
+
+template <typename T>
+using acc_t = at::opmath_type<T>;  // float for half types and float, double for double
+
+// Register tiers: P parts run in chunks of PMAX = 8, 16 or 32 parts (double: 8).
+template <typename T>
+constexpr int kMaxPartTier = std::is_same<T, double>::value ? 8 : 32;
+
+// CTAs per SM that __launch_bounds__ sizes the registers for: fewer where a thread
+// holds more accumulators, so that they stay in registers.
+template <typename T>
+constexpr int kForwardBlocksPerSm = std::is_same<T, double>::value ? 1 : 2;
+template <typename T, int PMAX>
+constexpr int kBackwardBlocksPerSm = std::is_same<T, double>::value || PMAX >= 32 ? 1 : 2;
+
+// N elements of T moved by one memory instruction (by 16-byte pieces when wider).
+template <typename T, int N>
+struct alignas(sizeof(T) * N < 16 ? sizeof(T) * N : 16) Pack {
+  T v[N];
+};
+
+// ---------------------------------------------------------------------------
+// Device helpers
+// ---------------------------------------------------------------------------
+
+template <typename A>
+__device__ __forceinline__ A warp_sum(A v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  return v;  // the same bits in every lane: each step adds the same two values
+}
+
+// S from the sum of |M|, which the kernels keep unclamped so the backward can tell clamped parts.
+template <typename A>
+__device__ __forceinline__ A clamp_norm(A norm, A eps) {
+  return norm < eps ? eps : norm;  // NaN propagates as in clamp_min
+}
+
+// norms[p] = sum_hw |m[p*HW + hw]| for p < parts, 0 for parts <= p < PMAX; one warp per
+// part, fixed order. The caller synchronises before reading norms.
+template <int PMAX, typename T, typename A>
+__device__ void part_norms(const T* __restrict__ m, int parts, int64_t HW, A* norms) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int p = warp; p < PMAX; p += kWarps) {
+    A sum = 0;
+    if (p < parts) {
+      for (int64_t hw = lane; hw < HW; hw += 32) sum += fabs(static_cast<A>(m[p * HW + hw]));
+    }
+    sum = warp_sum(sum);
+    if (lane == 0) norms[p] = sum;
+  }
+}
+
+// One thread's NC x NH tile of F (channels x positions) as it moves to or from memory:
+// packs along the contiguous side, so half types take half the registers of floats.
+template <Layout L, int NC, int NH, typename T>
+struct RawTile {
+  static constexpr bool kFirst = L == Layout::kChannelsFirst;
+  Pack<T, kFirst ? NH : NC> packs[kFirst ? NC : NH];
+
+  __device__ __forceinline__ T& at(int i, int j) {
+    if constexpr (kFirst) return packs[i].v[j];
+    else return packs[j].v[i];
+  }
+  template <typename A>
+  __device__ __forceinline__ A value(int i, int j) {
+    return static_cast<A>(at(i, j));
+  }
+};
+
+// Reads the tile X[c0 + i*c_step, hw0 + j] of one sample of F (X is [C, HW] channels-first
+// or [HW, C] channels-last); elements with c >= C or hw >= hw_end read as 0. kVector: each
+// pack is one aligned load (c_step is 1 for channels-last), the host having checked the
+// alignment and that HW or C is a multiple of the pack, so one bound check covers a pack.
+template <Layout L, bool kVector, int NC, int NH, typename T>
+__device__ __forceinline__ void load_tile(const T* __restrict__ x, int64_t C, int64_t HW, int64_t c0, int c_step,
+                                          int64_t hw0, int64_t hw_end, RawTile<L, NC, NH, T>& tile) {
+  const T zero = static_cast<T>(0.0f);
+  if constexpr (L == Layout::kChannelsFirst) {
+#pragma unroll
+    for (int i = 0; i < NC; ++i) {
+      const int64_t c = c0 + int64_t(i) * c_step;
+      if constexpr (kVector) {
+        if (c < C && hw0 < hw_end) {
+          tile.packs[i] = *reinterpret_cast<const Pack<T, NH>*>(x + c * HW + hw0);
+        } else {
+#pragma unroll
+          for (int j = 0; j < NH; ++j) tile.at(i, j) = zero;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < NH; ++j) tile.at(i, j) = (c < C && hw0 + j < hw_end) ? x[c * HW + hw0 + j] : zero;
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < NH; ++j) {
+      const int64_t hw = hw0 + j;
+      if constexpr (kVector) {
+        if (hw < hw_end && c0 < C) {
+          tile.packs[j] = *reinterpret_cast<const Pack<T, NC>*>(x + hw * C + c0);
+        } else {
+#pragma unroll
+          for (int i = 0; i < NC; ++i) tile.at(i, j) = zero;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < NC; ++i) tile.at(i, j) = (hw < hw_end && c0 + i < C) ? x[hw * C + c0 + i] : zero;
+      }
+    }
+  }
+}
+
+// The inverse of load_tile for a tile of consecutive channels (c_step 1) and bound HW:
+// writes values[i][j] to Y[c0 + i, hw0 + j], adding the value already there when accumulate.
+template <Layout L, bool kVector, int NC, int NH, typename T, typename A>
+__device__ __forceinline__ void store_tile(T* __restrict__ y, int64_t C, int64_t HW, int64_t c0, int64_t hw0,
+                                           const A (&values)[NC][NH], bool accumulate) {
+  RawTile<L, NC, NH, T> tile;
+  if (accumulate) load_tile<L, kVector>(y, C, HW, c0, 1, hw0, HW, tile);
+#pragma unroll
+  for (int i = 0; i < NC; ++i)
+#pragma unroll
+    for (int j = 0; j < NH; ++j)
+      tile.at(i, j) = static_cast<T>(accumulate ? tile.template value<A>(i, j) + values[i][j] : values[i][j]);
+  if constexpr (L == Layout::kChannelsFirst) {
+#pragma unroll
+    for (int i = 0; i < NC; ++i) {
+      const int64_t c = c0 + i;
+      if constexpr (kVector) {
+        if (c < C && hw0 < HW) *reinterpret_cast<Pack<T, NH>*>(y + c * HW + hw0) = tile.packs[i];
+      } else {
+#pragma unroll
+        for (int j = 0; j < NH; ++j)
+          if (c < C && hw0 + j < HW) y[c * HW + hw0 + j] = tile.at(i, j);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < NH; ++j) {
+      const int64_t hw = hw0 + j;
+      if constexpr (kVector) {
+        if (hw < HW && c0 < C) *reinterpret_cast<Pack<T, NC>*>(y + hw * C + c0) = tile.packs[j];
+      } else {
+#pragma unroll
+        for (int i = 0; i < NC; ++i)
+          if (hw < HW && c0 + i < C) y[hw * C + c0 + i] = tile.at(i, j);
+      }
+    }
+  }
+}
+
+// One step of a reduce-scatter between lanes differing in lane_bit: each lane keeps one
+// half of the parts (the upper half when `upper`) summed over the pair, in acc[i][0, HALF).
+template <int HALF, int K, int PMAX, typename A>
+__device__ __forceinline__ void exchange_halves(A (&acc)[K][PMAX], int lane_bit, bool upper) {
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < HALF; ++j) {
+      const A lo = acc[i][j], hi = acc[i][j + HALF];
+      const A keep = upper ? hi : lo, send = upper ? lo : hi;
+      acc[i][j] = keep + __shfl_xor_sync(kFullMask, send, lane_bit);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+
+template <int PMAX>
+struct ForwardTile {
+  static constexpr int kChannels = 32 / PMAX;                 // K channels per lane: 32 accumulators
+  static constexpr int kPositions = PMAX == 16 ? 8 : 4;      // hw per lane and step: K*V = 16 values
+  static constexpr int kCtaChannels = kWarps * 8 * kChannels;  // 8 quads per warp
+};
+
+// Fills mask_tile[p][h] (row stride kHwTile) with M[p, start + h] for the positions of the
+// tile starting at `start`, as accumulator type, and zeros up to a whole step past its end
+// and for missing parts. The caller synchronises.
+template <int PMAX, int kHwTile, int kStep, typename T, typename A>
+__device__ void fill_mask_tile(const T* __restrict__ m, int parts, int64_t HW, int64_t start, A* mask_tile) {
+  const int len = HW - start < kHwTile ? static_cast<int>(HW - start) : kHwTile;
+  const int padded = (len + kStep - 1) / kStep * kStep;
+  for (int idx = threadIdx.x; idx < PMAX * padded; idx += kThreads) {
+    const int p = idx / padded, h = idx - p * padded;
+    mask_tile[p * kHwTile + h] = (p < parts && h < len) ? static_cast<A>(m[p * HW + start + h]) : A(0);
+  }
+}
+
+template <typename T, int PMAX, Layout L, bool kVector>
+__global__ void __launch_bounds__(kThreads, kForwardBlocksPerSm<T>)
+pool_forward_kernel(const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
+                    int64_t C, int64_t HW, int P, int64_t channel_tiles, int64_t tiles_per_cta,
+                    int64_t ctas_per_sample, acc_t<T> eps) {
+  using A = acc_t<T>;
+  using Tile = ForwardTile<PMAX>;
+  constexpr int K = Tile::kChannels, V = Tile::kPositions, kCta = Tile::kCtaChannels;
+  constexpr int kStep = 4 * V;  // positions covered by a quad per step
+  constexpr int kHwTile = kMaskTileBytes / (PMAX * int(sizeof(A)));
+  static_assert(kHwTile % kStep == 0 && PMAX % 4 == 0, "tile sizes");
+  __shared__ __align__(16) A mask_tile[PMAX * kHwTile];
+  __shared__ A norms[PMAX];
+
+  // This CTA: sample b, parts [p0, p0 + parts), channel tiles [tile_begin, tile_begin + tiles).
+  const int64_t b = blockIdx.x / ctas_per_sample;
+  const int64_t tile_begin = (blockIdx.x % ctas_per_sample) * tiles_per_cta;
+  const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
+  const int p0 = blockIdx.y * PMAX;
+  const int parts = min(PMAX, P - p0);
+  const T* f = features + b * C * HW;
+  const T* m = masks + (b * P + p0) * HW;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int quad = lane / 4, q = lane % 4;
+  // Channels-first: lane channels are 8 apart (a quad reads 64 B of each row; stores coalesce
+  // over quads). Channels-last: K consecutive channels, one pack per position.
+  constexpr bool kFirst = L == Layout::kChannelsFirst;
+  constexpr int c_step = kFirst ? 8 : 1;
+  const int lane_channel = warp * 8 * K + (kFirst ? quad : quad * K);
+  // The CTA walks (tile, step) units in order; the loads of the next unit are issued
+  // before the FMAs of the current one, the first ones before the prologue.
+  const int64_t steps = (HW + kStep - 1) / kStep;
+  using Raw = RawTile<L, K, V, T>;
+  auto load_unit = [&](int64_t tile, int64_t step, Raw& x) {
+    load_tile<L, kVector>(f, C, HW, (tile_begin + tile) * kCta + lane_channel, c_step, step * kStep + q * V, HW, x);
+  };
+  Raw cur;
+  load_unit(0, 0, cur);
+
+  part_norms<PMAX>(m, parts, HW, norms);
+  const bool one_mask_tile = HW <= kHwTile;
+  if (one_mask_tile) fill_mask_tile<PMAX, kHwTile, kStep>(m, parts, HW, 0, mask_tile);
+  __syncthreads();
+
+  A acc[K][PMAX];
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int p = 0; p < PMAX; ++p) acc[i][p] = 0;
+
+  int64_t tile = 0, step = 0;
+  for (;;) {
+    const int64_t hw_base = step * kStep;
+    if (!one_mask_tile && hw_base % kHwTile == 0) {
+      __syncthreads();  // done with the previous mask tile
+      fill_mask_tile<PMAX, kHwTile, kStep>(m, parts, HW, hw_base, mask_tile);
+      __syncthreads();
+    }
+    const bool last_step = step + 1 == steps;
+    const int64_t next_tile = last_step ? tile + 1 : tile;
+    const int64_t next_step = last_step ? 0 : step + 1;
+    Raw next;
+    if (next_tile < tiles) load_unit(next_tile, next_step, next);
+
+    A fv[K][V];
+#pragma unroll
+    for (int i = 0; i < K; ++i)
+#pragma unroll
+      for (int j = 0; j < V; ++j) fv[i][j] = cur.template value<A>(i, j);
+    const int m_offset = static_cast<int>(hw_base % kHwTile) + q * V;
+#pragma unroll
+    for (int p = 0; p < PMAX; ++p) {
+      const Pack<A, V> mv = *reinterpret_cast<const Pack<A, V>*>(&mask_tile[p * kHwTile + m_offset]);
+#pragma unroll
+      for (int i = 0; i < K; ++i)
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[i][p] += fv[i][j] * mv.v[j];
+    }
+
+    if (last_step) {
+      // Sum over the quad; afterwards lane q holds parts q*PMAX/4 + j in acc[i][j], j < PMAX/4.
+      exchange_halves<PMAX / 2>(acc, 2, (q & 2) != 0);
+      exchange_halves<PMAX / 4>(acc, 1, (q & 1) != 0);
+      const int64_t c_first = (tile_begin + tile) * kCta + lane_channel;
+#pragma unroll
+      for (int j = 0; j < PMAX / 4; ++j) {
+        const int part = q * (PMAX / 4) + j;
+        if (part < parts) {
+          const A area = clamp_norm(norms[part], eps);
+          T* row = out + (b * P + p0 + part) * C;
+#pragma unroll
+          for (int i = 0; i < K; ++i) {
+            const int64_t c = c_first + int64_t(i) * c_step;
+            if (c < C) row[c] = static_cast<T>(acc[i][j] / area);
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < K; ++i)
+#pragma unroll
+        for (int p = 0; p < PMAX; ++p) acc[i][p] = 0;
+    }
+    if (next_tile == tiles) break;
+    cur = next;
+    tile = next_tile;
+    step = next_step;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------
+
+template <typename T, int PMAX, Layout L>
+struct BackwardTile {
+  using A = acc_t<T>;
+  static constexpr bool kFirst = L == Layout::kChannelsFirst;
+  // U channels x V positions per thread step: one pack along the contiguous side.
+  static constexpr int kChannels = kFirst ? 1 : (sizeof(T) == 8 ? 2 : 4);
+  // V positions: their M/S and G accumulators (2 PMAX V values) live in registers.
+  static constexpr int kPositions = kFirst && PMAX <= 8 ? 2 : 1;
+  // Shared memory, under 48 KB: M/S of a pass is staged as [PMAX][kThreads * V], a buffer that
+  // then holds the G values of every thread (padded); g of a channel tile as [kCtaChannels][PMAX].
+  static constexpr int kStageValues = kThreads * (PMAX * kPositions + 1);
+  static constexpr int kGradTileBytes = kStageValues * int(sizeof(A)) + 16384 <= 47 * 1024 ? 16384 : 8192;
+  static constexpr int kCtaChannels = kGradTileBytes / (PMAX * int(sizeof(A)));
+};
+
+// Fills grad_tile[cl][p] with g[b, p0 + p, c_base + cl] (zero outside the parts and C).
+template <int PMAX, int kCta, typename T, typename A>
+__device__ void fill_grad_tile(const T* __restrict__ g, int parts, int64_t C, int64_t c_base, A* grad_tile) {
+  for (int idx = threadIdx.x; idx < PMAX * kCta; idx += kThreads) {
+    const int p = idx / kCta, cl = idx - p * kCta;
+    const int64_t c = c_base + cl;
+    grad_tile[cl * PMAX + p] = (p < parts && c < C) ? static_cast<A>(g[p * C + c]) : A(0);
+  }
+}
+
+template <typename T, int PMAX, Layout L, bool kVector>
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<T, PMAX>)
+pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ features,
+                              const T* __restrict__ masks, T* __restrict__ grad_features,
+                              acc_t<T>* __restrict__ g_partials, acc_t<T>* __restrict__ norms_out,
+                              int64_t C, int64_t HW, int P, int p0, int64_t channel_tiles, int64_t tiles_per_cta,
+                              int64_t ctas_per_sample, int hw_lanes, bool accumulate, acc_t<T> eps) {
+  using A = acc_t<T>;
+  using Tile = BackwardTile<T, PMAX, L>;
+  constexpr int U = Tile::kChannels, V = Tile::kPositions, kCta = Tile::kCtaChannels;
+  constexpr int kSteps = kCta / U;  // channel steps per tile
+  constexpr int kRow = kThreads * V;      // stage row: positions of the widest pass
+  constexpr int kSlot = PMAX * V + 1;     // G values of one thread in the stage, padded
+  // Steps whose loads are issued together, double buffered: 32 bytes of accumulator values
+  // per buffer (16 on the scalar path, whose per-element addresses take registers too).
+  constexpr int kUnrollWanted = (kVector ? 32 : 16) / (U * V * int(sizeof(A)));
+  constexpr int kUnroll = kUnrollWanted < 1 ? 1 : (kUnrollWanted > 8 ? 8 : kUnrollWanted);
+  static_assert(kSteps % (kThreads / 32 * kUnroll) == 0, "whole batches for every group count");
+  __shared__ __align__(16) A grad_tile[kCta * PMAX];       // g[c][p] of the current tile
+  __shared__ __align__(16) A stage[Tile::kStageValues];    // M/S of the pass, then G partials
+  __shared__ A norms[PMAX];
+
+  // This CTA: sample b, parts [p0, p0 + parts), channel tiles [tile_begin, tile_begin + tiles).
+  const int64_t b = blockIdx.x / ctas_per_sample;
+  const int64_t slice = blockIdx.x % ctas_per_sample;
+  const int64_t tile_begin = slice * tiles_per_cta;
+  const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
+  const int parts = min(PMAX, P - p0);
+  const T* f = features + b * C * HW;
+  T* df = grad_features + b * C * HW;
+  const T* m = masks + (b * P + p0) * HW;
+  const T* g = grad + (b * P + p0) * C;
+
+  // Thread = (group, h): position lane h of a pass, channel group `group` (whole warps).
+  // Group `group` takes the steps group, group + groups, ... of every tile, kUnroll at a time.
+  const int groups = kThreads / hw_lanes;
+  const int group = threadIdx.x / hw_lanes, h = threadIdx.x % hw_lanes;
+  const int batches = kSteps / (groups * kUnroll);  // per tile
+  using Raw = RawTile<L, U, V, T>;
+  auto load_batch = [&](int64_t tile, int batch, int64_t hw0, Raw(&x)[kUnroll]) {
+#pragma unroll
+    for (int k = 0; k < kUnroll; ++k) {
+      const int s = group + (batch * kUnroll + k) * groups;
+      load_tile<L, kVector>(f, C, HW, (tile_begin + tile) * kCta + s * U, 1, hw0, HW, x[k]);
+    }
+  };
+
+  Raw x[kUnroll];
+  const int pass_positions = hw_lanes * V;
+  if (int64_t(h) * V < HW) load_batch(0, 0, int64_t(h) * V, x);  // in flight during the prologue
+
+  part_norms<PMAX>(m, parts, HW, norms);
+  __syncthreads();
+  if (slice == 0 && threadIdx.x < parts) norms_out[b * P + p0 + threadIdx.x] = norms[threadIdx.x];
+
+  A* cta_partials = g_partials + ((b * ctas_per_sample + slice) * P + p0) * HW;
+  for (int64_t pass_start = 0; pass_start < HW; pass_start += pass_positions) {
+    const int64_t hw0 = pass_start + int64_t(h) * V;
+    const bool active = hw0 < HW;
+    // Stage M/S of the pass (dF = sum_p g M/S needs no division of g) and g of the first tile.
+    __syncthreads();  // the stage and grad tile are free
+    for (int idx = threadIdx.x; idx < PMAX * pass_positions; idx += kThreads) {
+      const int p = idx / pass_positions, pos = idx - p * pass_positions;
+      const int64_t hw = pass_start + pos;
+      stage[p * kRow + pos] =
+          (p < parts && hw < HW) ? static_cast<A>(m[p * HW + hw]) / clamp_norm(norms[p], eps) : A(0);
+    }
+    fill_grad_tile<PMAX, kCta>(g, parts, C, tile_begin * kCta, grad_tile);
+    __syncthreads();
+    if (pass_start > 0 && active) load_batch(0, 0, hw0, x);
+    A mv[PMAX][V], g_acc[PMAX][V];
+#pragma unroll
+    for (int p = 0; p < PMAX; ++p) {
+      const Pack<A, V> row = *reinterpret_cast<const Pack<A, V>*>(&stage[p * kRow + h * V]);
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        mv[p][v] = row.v[v];
+        g_acc[p][v] = 0;
+      }
+    }
+
+#pragma unroll 1
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+#pragma unroll 1
+      for (int batch = 0; batch < batches; ++batch) {
+        const bool last_batch = batch + 1 == batches;
+        const bool has_next = !(last_batch && tile + 1 == tiles);
+        Raw x_next[kUnroll];
+        if (active && has_next) load_batch(last_batch ? tile + 1 : tile, last_batch ? 0 : batch + 1, hw0, x_next);
+        if (active) {
+#pragma unroll
+          for (int k = 0; k < kUnroll; ++k) {
+            const int s = group + (batch * kUnroll + k) * groups;
+            A d[U][V], xv[U][V];
+#pragma unroll
+            for (int u = 0; u < U; ++u)
+#pragma unroll
+              for (int v = 0; v < V; ++v) xv[u][v] = x[k].template value<A>(u, v);
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+#pragma unroll
+              for (int v = 0; v < V; ++v) d[u][v] = 0;
+              const A* gs = &grad_tile[(s * U + u) * PMAX];  // the same address in a warp: broadcast
+#pragma unroll
+              for (int p4 = 0; p4 < PMAX; p4 += 4) {
+                const Pack<A, 4> g4 = *reinterpret_cast<const Pack<A, 4>*>(gs + p4);
+#pragma unroll
+                for (int pp = 0; pp < 4; ++pp)
+#pragma unroll
+                  for (int v = 0; v < V; ++v) {
+                    g_acc[p4 + pp][v] += g4.v[pp] * xv[u][v];
+                    d[u][v] += g4.v[pp] * mv[p4 + pp][v];
+                  }
+              }
+            }
+            store_tile<L, kVector>(df, C, HW, (tile_begin + tile) * kCta + s * U, hw0, d, accumulate);
+          }
+          if (has_next) {
+#pragma unroll
+            for (int k = 0; k < kUnroll; ++k) x[k] = x_next[k];
+          }
+        }
+      }
+      if (tile + 1 < tiles) {
+        __syncthreads();  // every group is done with this tile's g
+        fill_grad_tile<PMAX, kCta>(g, parts, C, (tile_begin + tile + 1) * kCta, grad_tile);
+        __syncthreads();
+      }
+    }
+
+    // Fixed-order tree over the groups in the stage, slot = thread's place in the upper half:
+    // the upper half adds into the lower half. Group 0 ends with the CTA's sums.
+    for (int half = groups / 2; half >= 1; half /= 2) {
+      __syncthreads();  // the stage is free
+      if (group >= half && group < 2 * half) {
+        A* slot = &stage[((group - half) * hw_lanes + h) * kSlot];
+#pragma unroll
+        for (int p = 0; p < PMAX; ++p)
+#pragma unroll
+          for (int v = 0; v < V; ++v) slot[p * V + v] = g_acc[p][v];
+      }
+      __syncthreads();
+      if (group < half) {
+        const A* slot = &stage[(group * hw_lanes + h) * kSlot];
+#pragma unroll
+        for (int p = 0; p < PMAX; ++p)
+#pragma unroll
+          for (int v = 0; v < V; ++v) g_acc[p][v] += slot[p * V + v];
+      }
+    }
+    // Out through the stage, so that the global writes are a flat coalesced loop.
+    __syncthreads();
+    if (group == 0) {
+      A* slot = &stage[h * kSlot];
+#pragma unroll
+      for (int p = 0; p < PMAX; ++p)
+#pragma unroll
+        for (int v = 0; v < V; ++v) slot[p * V + v] = g_acc[p][v];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < parts * pass_positions; idx += kThreads) {
+      const int p = idx / pass_positions, pos = idx - p * pass_positions;
+      const int64_t hw = pass_start + pos;
+      if (hw < HW) cta_partials[p * HW + hw] = stage[(pos / V) * kSlot + p * V + pos % V];
+    }
+  }
+}
+
+// One CTA per (sample, part): G = (sum of the CTA partials of sum_c g F, in order) / S, then dM.
+template <typename T>
+__global__ void __launch_bounds__(kMaskThreads)
+pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restrict__ norms,
+                           acc_t<T>* __restrict__ g_partials, T* __restrict__ grad_masks, int64_t HW, int P,
+                           int64_t ctas_per_sample, acc_t<T> eps) {
+  using A = acc_t<T>;
+  constexpr int kMaskWarps = kMaskThreads / 32;
+  __shared__ A warp_dots[kMaskWarps];
+  const int64_t bp = blockIdx.x;  // b * P + p
+  const int64_t b = bp / P, p = bp % P;
+  const T* m = masks + bp * HW;
+  T* dm = grad_masks + bp * HW;
+  // Slice t's partial of G[b, p] is at g_partials[((b * slices + t) * P + p) * HW]; slice 0's
+  // row receives G for the second loop.
+  A* g = g_partials + (b * ctas_per_sample * P + p) * HW;
+  const int64_t slice_stride = int64_t(P) * HW;
+  const A norm = norms[bp];
+  const A area = clamp_norm(norm, eps);
+
+  A dot = 0;
+  for (int64_t hw = threadIdx.x; hw < HW; hw += kMaskThreads) {
+    A total = 0;
+    for (int64_t t = 0; t < ctas_per_sample; ++t) total += g[t * slice_stride + hw];
+    total /= area;
+    g[hw] = total;
+    dot += total * static_cast<A>(m[hw]);
+  }
+  dot = warp_sum(dot);
+  if (threadIdx.x % 32 == 0) warp_dots[threadIdx.x / 32] = dot;
+  __syncthreads();
+  dot = 0;
+#pragma unroll
+  for (int w = 0; w < kMaskWarps; ++w) dot += warp_dots[w];
+
+  // d S / d M = sign(M) where the norm was not clamped, else 0 (then S = norm).
+  const A coef = norm > eps ? dot / norm : A(0);
+  for (int64_t hw = threadIdx.x; hw < HW; hw += kMaskThreads) {
+    const A mv = static_cast<A>(m[hw]);
+    const A sign = static_cast<A>((mv > A(0)) - (mv < A(0)));
+    dm[hw] = static_cast<T>(g[hw] - sign * coef);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// F as the kernels read it: dense NCHW or channels_last, else a dense copy in the
+// memory format torch suggests for it (the one empty_like gives such a tensor).
+struct FeatureView {
+  at::Tensor tensor;
+  Layout layout;
+};
+
+FeatureView feature_view(const at::Tensor& features) {
+  if (features.is_contiguous()) return {features, Layout::kChannelsFirst};
+  if (features.is_contiguous(at::MemoryFormat::ChannelsLast)) return {features, Layout::kChannelsLast};
+  const auto format = features.suggest_memory_format();
+  return {features.contiguous(format),
+          format == at::MemoryFormat::ChannelsLast ? Layout::kChannelsLast : Layout::kChannelsFirst};
+}
+
+bool is_dense_in(const at::Tensor& t, Layout layout) {
+  return layout == Layout::kChannelsLast ? t.is_contiguous(at::MemoryFormat::ChannelsLast) : t.is_contiguous();
+}
+
+// Packs of `pack` elements fit when the contiguous extent is a multiple of it and the
+// base pointer is aligned to the pack (to 16 bytes for wider packs).
+bool packs_fit(const at::Tensor& t, int64_t contiguous_extent, int pack) {
+  const auto align = static_cast<uintptr_t>(std::min<int64_t>(16, pack * static_cast<int64_t>(t.element_size())));
+  return pack > 1 && contiguous_extent % pack == 0 && reinterpret_cast<uintptr_t>(t.data_ptr()) % align == 0;
+}
+
+// Runs fn(integral_constant PMAX) for the smallest register tier holding P parts, or the
+// largest tier of T, whose chunks then cover P.
+template <typename T, typename Fn>
+void dispatch_part_tier(int64_t P, Fn&& fn) {
+  if constexpr (kMaxPartTier<T> == 8) {
+    fn(std::integral_constant<int, 8>{});
+  } else if (P <= 8) {
+    fn(std::integral_constant<int, 8>{});
+  } else if (P <= 16) {
+    fn(std::integral_constant<int, 16>{});
+  } else {
+    fn(std::integral_constant<int, 32>{});
+  }
+}
+
+// Runs fn(integral_constant layout, integral_constant vectorized).
+template <typename Fn>
+void dispatch_access(Layout layout, bool vectorized, Fn&& fn) {
+  using First = std::integral_constant<Layout, Layout::kChannelsFirst>;
+  using Last = std::integral_constant<Layout, Layout::kChannelsLast>;
+  if (layout == Layout::kChannelsFirst) {
+    vectorized ? fn(First{}, std::true_type{}) : fn(First{}, std::false_type{});
+  } else {
+    vectorized ? fn(Last{}, std::true_type{}) : fn(Last{}, std::false_type{});
+  }
+}
+
+// Splits each sample's channel tiles over CTAs so that the grid is about one wave of
+// `blocks_per_sm` CTAs per SM (no tail), never fewer than one CTA per sample and job.
+struct TileSplit {
+  int64_t tiles_per_cta, ctas_per_sample;
+};
+
+TileSplit split_tiles(int64_t channel_tiles, int64_t samples, int sms, int blocks_per_sm) {
+  const int64_t ctas_wanted = std::max<int64_t>(1, int64_t(sms) * blocks_per_sm / samples);
+  const int64_t tiles_per_cta = ceil_div(channel_tiles, std::min(ctas_wanted, channel_tiles));
+  return {tiles_per_cta, ceil_div(channel_tiles, tiles_per_cta)};
+}
+
+void check_grid(int64_t blocks, const char* what) {
+  TORCH_CHECK(blocks <= std::numeric_limits<int>::max(), "weighted_pool: ", what,
+              " needs more CUDA blocks than a grid holds (", blocks, ")");
+}
+
+template <typename T>
+void launch_forward(const Target& target, const FeatureView& view, const at::Tensor& masks, at::Tensor& out,
+                    double eps) {
+  const at::Tensor& features = view.tensor;
+  const int64_t B = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
+  const int P = static_cast<int>(masks.size(1));
+  dispatch_part_tier<T>(P, [&](auto tier) {
+    constexpr int PMAX = decltype(tier)::value;
+    using Tile = ForwardTile<PMAX>;
+    const int64_t channel_tiles = ceil_div(C, Tile::kCtaChannels);
+    const int64_t chunks = ceil_div(P, PMAX);
+    TORCH_CHECK(chunks <= 65535, "weighted_pool: too many parts (masks ", masks.sizes(), ")");
+    const TileSplit split = split_tiles(channel_tiles, B * chunks, target.multiprocessors, kForwardBlocksPerSm<T>);
+    check_grid(B * split.ctas_per_sample, "the forward");
+    const dim3 grid(static_cast<unsigned>(B * split.ctas_per_sample), static_cast<unsigned>(chunks));
+    const bool vectorized = view.layout == Layout::kChannelsFirst ? packs_fit(features, HW, Tile::kPositions)
+                                                                  : packs_fit(features, C, Tile::kChannels);
+    dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
+      launch_kernel(pool_forward_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value>, grid, kThreads,
+                    target.stream, features.data_ptr<T>(), masks.data_ptr<T>(), out.data_ptr<T>(), C, HW, P,
+                    channel_tiles, split.tiles_per_cta, split.ctas_per_sample, static_cast<acc_t<T>>(eps));
+    });
+  });
+}
+
+// Position lanes per pass of the backward-features kernel: a power of two from 32 to
+// kThreads covering the positions if it can; the remaining threads form channel groups.
+int backward_hw_lanes(int64_t positions) {
+  int lanes = 32;
+  while (lanes < kThreads && lanes < positions) lanes *= 2;
+  return lanes;
+}
+
+template <typename T>
+void launch_backward(const Target& target, const at::Tensor& grad, const FeatureView& view, const at::Tensor& masks,
+                     at::Tensor& grad_features, at::Tensor& grad_masks, double eps) {
+  using A = acc_t<T>;
+  const at::Tensor& features = view.tensor;
+  const int64_t B = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
+  const int P = static_cast<int>(masks.size(1));
+  const auto acc_options = features.options().dtype(at::toOpMathType(features.scalar_type()));
+  const A eps_acc = static_cast<A>(eps);
+  dispatch_part_tier<T>(P, [&](auto tier) {
+    constexpr int PMAX = decltype(tier)::value;
+    using Tile = BackwardTile<T, PMAX, Layout::kChannelsFirst>;
+    using TileLast = BackwardTile<T, PMAX, Layout::kChannelsLast>;
+    const bool first = view.layout == Layout::kChannelsFirst;
+    const int U = first ? Tile::kChannels : TileLast::kChannels;
+    const int V = first ? Tile::kPositions : TileLast::kPositions;
+    // Per layout: with 8-byte types the two tiles stage different amounts, so their
+    // shared-memory budgets leave room for different channel counts.
+    const int64_t channel_tiles = ceil_div(C, first ? Tile::kCtaChannels : TileLast::kCtaChannels);
+    const TileSplit split = split_tiles(channel_tiles, B, target.multiprocessors, kBackwardBlocksPerSm<T, PMAX>);
+    check_grid(B * split.ctas_per_sample, "the backward");
+    check_grid(B * P, "the backward");
+    // Extra memory: one partial of G per CTA, and the part norms.
+    at::Tensor g_partials = at::empty({B, split.ctas_per_sample, P, HW}, acc_options);
+    at::Tensor norms = at::empty({B, P}, acc_options);
+    const int hw_lanes = backward_hw_lanes(ceil_div(HW, V));
+    const bool vectorized = first ? packs_fit(features, HW, V) : packs_fit(features, C, U);
+    dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
+      for (int p0 = 0; p0 < P; p0 += PMAX) {  // chunks of parts, in order; later ones add into dF
+        launch_kernel(pool_backward_features_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value>,
+                      dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, target.stream,
+                      grad.data_ptr<T>(), features.data_ptr<T>(), masks.data_ptr<T>(), grad_features.data_ptr<T>(),
+                      g_partials.data_ptr<A>(), norms.data_ptr<A>(), C, HW, P, p0, channel_tiles,
+                      split.tiles_per_cta, split.ctas_per_sample, hw_lanes, p0 > 0, eps_acc);
+      }
+    });
+    launch_kernel(pool_backward_masks_kernel<T>, dim3(static_cast<unsigned>(B * P)), kMaskThreads, target.stream,
+                  masks.data_ptr<T>(), norms.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(), HW,
+                  P, split.ctas_per_sample, eps_acc);
+  });
+}
+
+// The op's forward on checked inputs, launched on `target`.
+inline at::Tensor pool_forward(const Target& target, const at::Tensor& features, const at::Tensor& masks, double eps) {
+  at::Tensor out = at::empty(output_shape(features, masks), features.options());
+  if (out.numel() == 0) return out;
+  if (features.size(2) * features.size(3) == 0) return out.zero_();  // empty sums: f = 0 / eps
+  const FeatureView view = feature_view(features);
+  const at::Tensor masks_dense = masks.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_cuda",
+                                  [&] { launch_forward<scalar_t>(target, view, masks_dense, out, eps); });
+  return out;
+}
+
+// The op's backward on checked inputs, launched on `target`.
+inline std::tuple<at::Tensor, at::Tensor> pool_backward(const Target& target, const at::Tensor& grad,
+                                                        const at::Tensor& features, const at::Tensor& masks,
+                                                        double eps) {
+  // Gradients come back as empty_like of their input (what the fake kernel promises).
+  at::Tensor grad_features = at::empty_like(features);
+  at::Tensor grad_masks = at::empty_like(masks);
+  if (grad_features.numel() == 0 || grad_masks.numel() == 0) {
+    // No parts, no channels or no positions: whatever is left has zero gradient.
+    return {grad_features.zero_(), grad_masks.zero_()};
+  }
+  const FeatureView view = feature_view(features);
+  // The kernels write dense buffers in the layout they read; copy out where empty_like differs.
+  at::Tensor features_out = is_dense_in(grad_features, view.layout) ? grad_features : at::empty_like(view.tensor);
+  at::Tensor masks_out = grad_masks.is_contiguous() ? grad_masks : at::empty(masks.sizes(), masks.options());
+  const at::Tensor masks_dense = masks.contiguous();
+  const at::Tensor grad_dense = grad.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_backward_cuda", [&] {
+    launch_backward<scalar_t>(target, grad_dense, view, masks_dense, features_out, masks_out, eps);
+  });
+  if (!features_out.is_same(grad_features)) grad_features.copy_(features_out);
+  if (!masks_out.is_same(grad_masks)) grad_masks.copy_(masks_out);
+  return {grad_features, grad_masks};
+}
+
+}  // namespace
+}  // namespace pan_ops
