@@ -126,3 +126,17 @@ def test_bitwise_deterministic(emulated):
     second = _check(emulated, features, masks, multiprocessors=5)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("parts", [5, 40])
+def test_half_precision_grad_features_is_rounded_once(emulated, dtype, parts):
+    """dF accumulates in float over every part and is rounded to the input type once, also
+    when the parts run in several chunks (more than 32): then nearly every element equals the
+    float64 reference rounded to that type (a second rounding would change about a third)."""
+    features, masks = make_inputs(2, 24, 4, 4, parts, dtype, seed=8)
+    grad = torch.randn(2, parts, 24, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
+    grad_features, _ = emulated.backward(grad, features, masks, 1e-6, 2)
+    _, ref_df, _ = ground_truth(features, masks, 1e-6, grad)
+    mismatched = (grad_features != ref_df.to(dtype)).double().mean().item()
+    assert mismatched < 0.01

@@ -32,7 +32,8 @@
 //      channels U at a time against g of the tile in shared memory: it reads F once,
 //      writes dF once and accumulates sum_c g F over its channels. A fixed tree over the
 //      thread groups leaves one partial per CTA in a float workspace [B, CTAs per
-//      sample, P, HW]. Part chunks after the first add into dF.
+//      sample, P, HW]. Part chunks after the first add into dF (kept in float for half
+//      types until the last chunk, so that dF is rounded once).
 //   2. pool_backward_masks_kernel: a CTA per (sample, part) sums the partials in order
 //      into G and forms dM.
 //
@@ -237,7 +238,7 @@ __device__ __forceinline__ void exchange_halves(A (&acc)[K][PMAX], int lane_bit,
 template <int PMAX>
 struct ForwardTile {
   static constexpr int kChannels = 32 / PMAX;                 // K channels per lane: 32 accumulators
-  static constexpr int kPositions = PMAX == 16 ? 8 : 4;      // hw per lane and step: K*V = 16 values
+  static constexpr int kPositions = PMAX == 16 ? 8 : 4;      // hw per lane and step
   static constexpr int kCtaChannels = kWarps * 8 * kChannels;  // 8 quads per warp
 };
 
@@ -393,10 +394,12 @@ __device__ void fill_grad_tile(const T* __restrict__ g, int parts, int64_t C, in
   }
 }
 
-template <typename T, int PMAX, Layout L, bool kVector>
+// D: the type dF is written in; T, or the accumulator type where several part chunks add
+// into dF (half types: one rounding at the end instead of one per chunk).
+template <typename T, int PMAX, Layout L, bool kVector, typename D>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<T, PMAX>)
 pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ features,
-                              const T* __restrict__ masks, T* __restrict__ grad_features,
+                              const T* __restrict__ masks, D* __restrict__ grad_features,
                               acc_t<T>* __restrict__ g_partials, acc_t<T>* __restrict__ norms_out,
                               int64_t C, int64_t HW, int P, int p0, int64_t channel_tiles, int64_t tiles_per_cta,
                               int64_t ctas_per_sample, int hw_lanes, bool accumulate, acc_t<T> eps) {
@@ -422,7 +425,7 @@ pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ 
   const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
   const int parts = min(PMAX, P - p0);
   const T* f = features + b * C * HW;
-  T* df = grad_features + b * C * HW;
+  D* df = grad_features + b * C * HW;
   const T* m = masks + (b * P + p0) * HW;
   const T* g = grad + (b * P + p0) * C;
 
@@ -741,15 +744,30 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
     at::Tensor norms = at::empty({B, P}, acc_options);
     const int hw_lanes = backward_hw_lanes(ceil_div(HW, V));
     const bool vectorized = first ? packs_fit(features, HW, V) : packs_fit(features, C, U);
-    dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
-      for (int p0 = 0; p0 < P; p0 += PMAX) {  // chunks of parts, in order; later ones add into dF
-        launch_kernel(pool_backward_features_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value>,
-                      dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, target.stream,
-                      grad.data_ptr<T>(), features.data_ptr<T>(), masks.data_ptr<T>(), grad_features.data_ptr<T>(),
-                      g_partials.data_ptr<A>(), norms.data_ptr<A>(), C, HW, P, p0, channel_tiles,
-                      split.tiles_per_cta, split.ctas_per_sample, hw_lanes, p0 > 0, eps_acc);
+    // Chunks of parts run in order, later ones adding into dF: through a float copy of dF
+    // for half types, so that dF is rounded to T once (extra memory only when P > PMAX).
+    const auto run_chunks = [&](auto* df) {
+      using D = std::remove_pointer_t<decltype(df)>;
+      dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
+        for (int p0 = 0; p0 < P; p0 += PMAX) {
+          launch_kernel(
+              pool_backward_features_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value, D>,
+              dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, target.stream, grad.data_ptr<T>(),
+              features.data_ptr<T>(), masks.data_ptr<T>(), df, g_partials.data_ptr<A>(), norms.data_ptr<A>(), C,
+              HW, P, p0, channel_tiles, split.tiles_per_cta, split.ctas_per_sample, hw_lanes, p0 > 0, eps_acc);
+        }
+      });
+    };
+    bool written = false;
+    if constexpr (!std::is_same<T, A>::value && PMAX == kMaxPartTier<T>) {  // only the top tier has chunks
+      if (P > PMAX) {
+        at::Tensor df_acc = at::empty_like(grad_features, acc_options);
+        run_chunks(df_acc.data_ptr<A>());
+        grad_features.copy_(df_acc);
+        written = true;
       }
-    });
+    }
+    if (!written) run_chunks(grad_features.data_ptr<T>());
     launch_kernel(pool_backward_masks_kernel<T>, dim3(static_cast<unsigned>(B * P)), kMaskThreads, target.stream,
                   masks.data_ptr<T>(), norms.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(), HW,
                   P, split.ctas_per_sample, eps_acc);
