@@ -118,12 +118,34 @@ __device__ void part_norms(const T* __restrict__ m, int parts, int64_t HW, A* no
   }
 }
 
+// Where one pack of a tile lies in a sample of F: its offset, whether its row (a channel
+// when channels-first, a position when channels-last) exists, and how many of its elements do.
+struct PackSpan {
+  int64_t offset;
+  bool row_exists;
+  int64_t room;
+};
+
 // One thread's NC x NH tile of F (channels x positions) as it moves to or from memory:
 // packs along the contiguous side, so half types take half the registers of floats.
 template <Layout L, int NC, int NH, typename T>
 struct RawTile {
   static constexpr bool kFirst = L == Layout::kChannelsFirst;
-  Pack<T, kFirst ? NH : NC> packs[kFirst ? NC : NH];
+  static constexpr int kPacks = kFirst ? NC : NH;  // one per channel, or one per position
+  static constexpr int kPack = kFirst ? NH : NC;   // elements per pack
+  Pack<T, kPack> packs[kPacks];
+
+  // Pack o of the tile whose first element is X[c0, hw0], its channels c_step apart.
+  static __device__ __forceinline__ PackSpan span(int o, int64_t C, int64_t HW, int64_t c0, int c_step, int64_t hw0,
+                                                  int64_t hw_end) {
+    if constexpr (kFirst) {
+      const int64_t c = c0 + int64_t(o) * c_step;
+      return {c * HW + hw0, c < C, hw_end - hw0};
+    } else {
+      const int64_t hw = hw0 + o;
+      return {hw * C + c0, hw < hw_end, C - c0};
+    }
+  }
 
   __device__ __forceinline__ T& at(int i, int j) {
     if constexpr (kFirst) return packs[i].v[j];
@@ -142,37 +164,22 @@ struct RawTile {
 template <Layout L, bool kVector, int NC, int NH, typename T>
 __device__ __forceinline__ void load_tile(const T* __restrict__ x, int64_t C, int64_t HW, int64_t c0, int c_step,
                                           int64_t hw0, int64_t hw_end, RawTile<L, NC, NH, T>& tile) {
+  using Tile = RawTile<L, NC, NH, T>;
   const T zero = static_cast<T>(0.0f);
-  if constexpr (L == Layout::kChannelsFirst) {
 #pragma unroll
-    for (int i = 0; i < NC; ++i) {
-      const int64_t c = c0 + int64_t(i) * c_step;
-      if constexpr (kVector) {
-        if (c < C && hw0 < hw_end) {
-          tile.packs[i] = *reinterpret_cast<const Pack<T, NH>*>(x + c * HW + hw0);
-        } else {
-#pragma unroll
-          for (int j = 0; j < NH; ++j) tile.at(i, j) = zero;
-        }
+  for (int o = 0; o < Tile::kPacks; ++o) {
+    const PackSpan span = Tile::span(o, C, HW, c0, c_step, hw0, hw_end);
+    if constexpr (kVector) {
+      if (span.row_exists && span.room > 0) {
+        tile.packs[o] = *reinterpret_cast<const Pack<T, Tile::kPack>*>(x + span.offset);
       } else {
 #pragma unroll
-        for (int j = 0; j < NH; ++j) tile.at(i, j) = (c < C && hw0 + j < hw_end) ? x[c * HW + hw0 + j] : zero;
+        for (int k = 0; k < Tile::kPack; ++k) tile.packs[o].v[k] = zero;
       }
-    }
-  } else {
+    } else {
 #pragma unroll
-    for (int j = 0; j < NH; ++j) {
-      const int64_t hw = hw0 + j;
-      if constexpr (kVector) {
-        if (hw < hw_end && c0 < C) {
-          tile.packs[j] = *reinterpret_cast<const Pack<T, NC>*>(x + hw * C + c0);
-        } else {
-#pragma unroll
-          for (int i = 0; i < NC; ++i) tile.at(i, j) = zero;
-        }
-      } else {
-#pragma unroll
-        for (int i = 0; i < NC; ++i) tile.at(i, j) = (hw < hw_end && c0 + i < C) ? x[hw * C + c0 + i] : zero;
+      for (int k = 0; k < Tile::kPack; ++k) {
+        tile.packs[o].v[k] = span.row_exists && k < span.room ? x[span.offset + k] : zero;
       }
     }
   }
@@ -183,35 +190,23 @@ __device__ __forceinline__ void load_tile(const T* __restrict__ x, int64_t C, in
 template <Layout L, bool kVector, int NC, int NH, typename T, typename A>
 __device__ __forceinline__ void store_tile(T* __restrict__ y, int64_t C, int64_t HW, int64_t c0, int64_t hw0,
                                            const A (&values)[NC][NH], bool accumulate) {
-  RawTile<L, NC, NH, T> tile;
+  using Tile = RawTile<L, NC, NH, T>;
+  Tile tile;
   if (accumulate) load_tile<L, kVector>(y, C, HW, c0, 1, hw0, HW, tile);
 #pragma unroll
   for (int i = 0; i < NC; ++i)
 #pragma unroll
     for (int j = 0; j < NH; ++j)
       tile.at(i, j) = static_cast<T>(accumulate ? tile.template value<A>(i, j) + values[i][j] : values[i][j]);
-  if constexpr (L == Layout::kChannelsFirst) {
 #pragma unroll
-    for (int i = 0; i < NC; ++i) {
-      const int64_t c = c0 + i;
-      if constexpr (kVector) {
-        if (c < C && hw0 < HW) *reinterpret_cast<Pack<T, NH>*>(y + c * HW + hw0) = tile.packs[i];
-      } else {
+  for (int o = 0; o < Tile::kPacks; ++o) {
+    const PackSpan span = Tile::span(o, C, HW, c0, 1, hw0, HW);
+    if constexpr (kVector) {
+      if (span.row_exists && span.room > 0) *reinterpret_cast<Pack<T, Tile::kPack>*>(y + span.offset) = tile.packs[o];
+    } else {
 #pragma unroll
-        for (int j = 0; j < NH; ++j)
-          if (c < C && hw0 + j < HW) y[c * HW + hw0 + j] = tile.at(i, j);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < NH; ++j) {
-      const int64_t hw = hw0 + j;
-      if constexpr (kVector) {
-        if (hw < HW && c0 < C) *reinterpret_cast<Pack<T, NC>*>(y + hw * C + c0) = tile.packs[j];
-      } else {
-#pragma unroll
-        for (int i = 0; i < NC; ++i)
-          if (hw < HW && c0 + i < C) y[hw * C + c0 + i] = tile.at(i, j);
+      for (int k = 0; k < Tile::kPack; ++k) {
+        if (span.row_exists && k < span.room) y[span.offset + k] = tile.packs[o].v[k];
       }
     }
   }
