@@ -127,7 +127,12 @@ class ReIDLoss(nn.Module):
         identity = torch.stack(list(components.values())).mean()
         components["triplet"] = self.triplet(outputs["triplet_feature"], targets)
         total = self.id_weight * identity + self.triplet_weight * components["triplet"]
-        if self.mask_decorrelation_weight > 0 and "masks" in outputs:
+        if self.mask_decorrelation_weight > 0:
+            if "masks" not in outputs:
+                raise ValueError(
+                    "ReIDLoss: mask_decorrelation_weight > 0 needs the part masks of a PAN model; "
+                    "this model's outputs have none"
+                )
             components["mask_decorrelation"] = self.mask_decorrelation(outputs["masks"])
             total = total + self.mask_decorrelation_weight * components["mask_decorrelation"]
         components["total"] = total

@@ -172,5 +172,7 @@ def test_reid_loss_adds_weighted_mask_decorrelation_only_when_asked():
     assert outputs["masks"].grad.abs().sum() > 0
     with pytest.raises(ValueError, match="mask_decorrelation_weight"):
         ReIDLoss(mask_decorrelation_weight=-1.0)
+    with pytest.raises(ValueError, match="needs the part masks of a PAN model"):
+        ReIDLoss(mask_decorrelation_weight=0.3)(_outputs(8, 4, 3, generator), targets)
     with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(8, 1, 6\)"):
         MaskDecorrelationLoss()(torch.randn(8, 1, 6))
