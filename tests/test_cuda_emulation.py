@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from op_utils import LAYOUTS, REL_TOL, ground_truth, grad_masks_scale, make_inputs, rel_error
 
@@ -118,6 +120,22 @@ def test_empty_inputs_give_empty_or_zero_results(emulated):
     assert torch.equal(emulated.forward(features, masks, 1e-6, 2), torch.zeros(2, 4, 5))
     features, masks = make_inputs(0, 5, 2, 3, 4)
     assert emulated.forward(features, masks, 1e-6, 2).shape == (0, 4, 5)
+
+
+@given(
+    B=st.integers(1, 3),
+    C=st.integers(1, 70),
+    H=st.integers(1, 9),
+    W=st.integers(1, 9),
+    P=st.integers(1, 40),
+    dtype=st.sampled_from(DTYPES),
+    layout=st.sampled_from(LAYOUTS),
+    multiprocessors=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=25, deadline=None)
+def test_hypothesis_shapes(emulated, B, C, H, W, P, dtype, layout, multiprocessors, seed):
+    _check(emulated, *make_inputs(B, C, H, W, P, dtype, layout=layout, seed=seed), multiprocessors=multiprocessors)
 
 
 def test_bitwise_deterministic(emulated):
