@@ -1,7 +1,9 @@
 """Inputs and float64 ground truth shared by the op tests."""
 
 import torch
+from hypothesis import strategies as st
 
+DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Relative (norm) error allowed against the float64 reference, per input dtype.
 REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 LAYOUTS = ("contiguous", "channels_last", "strided")
@@ -58,3 +60,26 @@ def grad_masks_scale(features, masks, eps, grad_out):
     f, m, g = (t.detach().to(torch.float64).cpu() for t in (features, masks, grad_out))
     area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
     return torch.einsum("bpc,bchw->bphw", g / area.unsqueeze(-1), f).norm().item()
+
+
+def shape_strategies(max_channels: int = 40, max_parts: int = 20) -> dict:
+    """hypothesis strategies for the sizes B, C, H, W, P of make_inputs (unit sizes included)."""
+    return dict(
+        B=st.integers(1, 3),
+        C=st.integers(1, max_channels),
+        H=st.integers(1, 9),
+        W=st.integers(1, 9),
+        P=st.integers(1, max_parts),
+    )
+
+
+def assert_matches_float64(features, masks, eps, grad_out, out, grad_features, grad_masks, grad_masks_factor=2):
+    """The forward output and both gradients of one forward+backward (upstream gradient
+    `grad_out`) within the input dtype's tolerance of the float64 ground truth; dM relative
+    to its natural scale, with `grad_masks_factor` times the tolerance."""
+    ref, ref_df, ref_dm = ground_truth(features, masks, eps, grad_out)
+    tol = REL_TOL[features.dtype]
+    assert rel_error(out, ref) < tol, "forward"
+    assert rel_error(grad_features, ref_df) < tol, "grad features"
+    scale = grad_masks_scale(features, masks, eps, grad_out)
+    assert rel_error(grad_masks, ref_dm, floor=scale) < grad_masks_factor * tol, "grad masks"
