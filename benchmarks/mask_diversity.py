@@ -25,14 +25,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     model, config = load_model(args.checkpoint)
-    masks = torch.cat([get_masks(model, images) for images, *_ in build_test_loader(config, prepare_dataset(config).query)])
+    queries = build_test_loader(config, prepare_dataset(config).query)
+    masks = torch.cat([get_masks(model, images) for images, *_ in queries])
     corr = mask_correlations(masks.double()).mean(0)  # [P, P], averaged over the images
     parts = corr.shape[0]
     between = corr[~torch.eye(parts, dtype=torch.bool)].abs()
     spectrum = torch.linalg.eigvalsh(corr).flip(0)
     spectrum = spectrum / spectrum.sum()
     print(f"{masks.shape[0]} query images, masks {tuple(masks.shape[1:])}")
-    print(f"mean |correlation| between different masks: {between.mean():.3f} (pairs above 0.9: {(between > 0.9).float().mean():.0%})")
+    above = (between > 0.9).float().mean()
+    print(f"mean |correlation| between different masks: {between.mean():.3f} (pairs above 0.9: {above:.0%})")
     print("share of the leading eigenvalues: " + ", ".join(f"{v:.3f}" for v in spectrum[:5].tolist()))
     return 0
 
