@@ -61,8 +61,9 @@ def _usable() -> bool:
 
 AVAILABLE = _usable()
 
-# Channels per program of the backward. Fixed on the host, not autotuned, because
-# it sets the number of G partials that the second backward pass reduces.
+# Channels per program of the backward at the PAN shape (P_PAD 16, 4-byte accumulators).
+# Fixed on the host, not autotuned, because it sets the number of G partials that the
+# second backward pass reduces.
 BACKWARD_BLOCK_C = 16 if INTERPRET else 128
 # Largest HW chunk of the forward. Small under the interpreter so that small test
 # shapes still exercise the chunk loop.
@@ -153,6 +154,7 @@ if AVAILABLE:
                 triton.Config({"BLOCK_C": 64}, num_warps=4, num_stages=3),
                 triton.Config({"BLOCK_C": 64}, num_warps=8, num_stages=3),
                 triton.Config({"BLOCK_C": 128}, num_warps=8, num_stages=3),
+                triton.Config({"BLOCK_C": 16}, num_warps=4, num_stages=1),  # smallest footprint
             ],
             {"BLOCK_C": 16},
         ),
@@ -204,6 +206,7 @@ if AVAILABLE:
                 triton.Config({"BLOCK_HW": 32}, num_warps=8, num_stages=3),
                 triton.Config({"BLOCK_HW": 64}, num_warps=8, num_stages=2),
                 triton.Config({"BLOCK_HW": 64}, num_warps=4, num_stages=3),
+                triton.Config({"BLOCK_HW": 16}, num_warps=4, num_stages=1),  # smallest footprint
             ],
             {"BLOCK_HW": 16},
         ),
@@ -325,8 +328,21 @@ if AVAILABLE:
                 d_m.to(GRAD_M.dtype.element_ty), mask=hw_ok,
             )
 
-    def _chunk(hw: int) -> int:
-        return min(max(_next_pow2(hw), 16), MAX_BLOCK_HW)
+    # Shared memory grows with the padded part count: the backward stages [P_PAD, BLOCK_C]
+    # gradient tiles, the forward [P_PAD, BLOCK_HW] mask tiles. So the host-chosen tile halves
+    # each time P_PAD (and, in the backward, the accumulator width) doubles past the PAN shape's;
+    # with the last, smallest autotuning config every P up to 256 (float64: 128) then fits the
+    # 64 KiB a CTA gets on sm_75 (benchmarks/triton_compile.py shows the footprints).
+    def _forward_block_hw(hw: int, p_pad: int) -> int:
+        largest = max(16, min(MAX_BLOCK_HW, MAX_BLOCK_HW * 32 // p_pad))
+        return min(max(_next_pow2(hw), 16), largest)
+
+    def _backward_block_c(p_pad: int, dtype: torch.dtype) -> int:
+        accumulator_bytes = torch.finfo(_accumulator_dtype(dtype)).bits // 8
+        return max(16, min(BACKWARD_BLOCK_C, BACKWARD_BLOCK_C * 16 * 4 // (p_pad * accumulator_bytes)))
+
+    def _padded_parts(parts: int) -> int:
+        return max(16, _next_pow2(parts))  # tl.dot wants every dimension >= 16
 
     def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
         return torch.float64 if dtype == torch.float64 else torch.float32
@@ -353,7 +369,7 @@ if AVAILABLE:
             features.stride(0), features.stride(1), f_sh, f_sw,
             masks.stride(0), masks.stride(1), m_sh, m_sw,
             F_FLAT_HW=f_flat, M_FLAT_HW=m_flat,
-            P_PAD=max(16, _next_pow2(P)), BLOCK_HW=_chunk(H * W),
+            P_PAD=_padded_parts(P), BLOCK_HW=_forward_block_hw(H * W, _padded_parts(P)),
             PRECISION=_dot_precision(features.dtype), UPCAST=INTERPRET,
         )  # fmt: skip
         return out
@@ -378,7 +394,8 @@ if AVAILABLE:
         grad_masks = torch.empty_like(masks)
 
         HW = H * W
-        num_tiles = triton.cdiv(C, BACKWARD_BLOCK_C)
+        block_c = _backward_block_c(_padded_parts(P), features.dtype)
+        num_tiles = triton.cdiv(C, block_c)
         accumulator = _accumulator_dtype(features.dtype)
         partials = features.new_empty((B, num_tiles, P, HW), dtype=accumulator)
         g_raw = features.new_empty((B, P, HW), dtype=accumulator)
@@ -396,7 +413,7 @@ if AVAILABLE:
             masks.stride(0), masks.stride(1), m_sh, m_sw,
             grad_features.stride(0), grad_features.stride(1), df_sh, df_sw,
             F_FLAT_HW=f_flat, M_FLAT_HW=m_flat, DF_FLAT_HW=df_flat,
-            P_PAD=max(16, _next_pow2(P)), BLOCK_C=BACKWARD_BLOCK_C,
+            P_PAD=_padded_parts(P), BLOCK_C=block_c,
             PRECISION=_dot_precision(features.dtype), UPCAST=INTERPRET,
         )  # fmt: skip
 
