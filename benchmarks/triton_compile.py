@@ -14,7 +14,7 @@ ships with Triton.
 
 Prints one row per (kernel, config): registers per thread, spill bytes (stores/loads),
 shared memory; exits with status 1 if any compile fails. Needs TRITON_INTERPRET unset, and
-relies on Triton's launch-binding internals (checked with triton 3.8).
+relies on Triton's launch-binding internals (checked with triton 3.6 and 3.8).
 """
 
 import argparse
