@@ -3,7 +3,8 @@
 For each shape and dtype: median forward and forward+backward times (CUDA events,
 inputs rotated so the L2 cache does not hold them), achieved GB/s over the fewest
 bytes the op must move, that figure as a share of the measured device-to-device copy
-bandwidth, and peak extra memory of forward+backward.
+bandwidth, and peak extra memory of forward+backward. Then, at the PAN shape, the device
+time of each kernel of the CUDA and Triton backends and the Triton configs autotuning chose.
 
     python benchmarks/op_timing.py                # full table
     python benchmarks/op_timing.py --quick        # main shape only
@@ -11,6 +12,7 @@ bandwidth, and peak extra memory of forward+backward.
 
 import argparse
 import datetime
+import re
 import statistics
 
 import torch
@@ -105,6 +107,48 @@ def measure(shape, dtype, impls, bw, sets: int):
     return rows, [min_bytes(shape, dtype, b) / bw * 1e3 for b in (False, True)]
 
 
+def kernel_split(fn, inputs, calls: int = 20) -> list[tuple[str, float]]:
+    """Device time per kernel of one forward+backward call, in us, by kernel name (template
+    arguments dropped), from the torch profiler: where the time of each implementation goes."""
+    activity = torch.profiler.ProfilerActivity.CUDA
+    with torch.profiler.profile(activities=[activity]) as prof:
+        for i in range(calls):
+            f, m, g = inputs[i % len(inputs)]
+            torch.autograd.grad(fn(f, m), (f, m), g)
+        torch.cuda.synchronize()
+    totals = {}
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", 0.0)
+        if us > 0:
+            name = re.sub(r"<.*", "", event.key).split("::")[-1].split("(")[0].strip()
+            name = name.removeprefix("void ") or event.key[:60]
+            totals[name] = totals.get(name, 0.0) + us / calls
+    return sorted(totals.items(), key=lambda item: -item[1])
+
+
+def print_kernel_split(shape, dtype) -> None:
+    B, C, H, W, P = shape
+    inputs = [
+        (
+            torch.randn(B, C, H, W, device="cuda", dtype=dtype).requires_grad_(True),
+            torch.randn(B, P, H, W, device="cuda", dtype=dtype).requires_grad_(True),
+            torch.randn(B, P, C, device="cuda", dtype=dtype),
+        )
+        for _ in range(4)
+    ]
+    dname = str(dtype).replace("torch.", "")
+    for name, fn in implementations(dtype, with_compile=False).items():
+        if name not in ("cuda", "triton"):
+            continue
+        split = kernel_split(fn, inputs)
+        print(f"- {name} {dname}: " + ", ".join(f"{kernel} {us:.1f} us" for kernel, us in split))
+    if "triton" in pan_ops.available_backends("cuda"):
+        from pan_ops import triton_kernels
+
+        for kernel in (triton_kernels._forward_kernel, triton_kernels._backward_features_kernel):
+            print(f"- triton {dname} {kernel.fn.__name__}: autotuned {getattr(kernel, 'best_config', None)}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="main shape only, no torch.compile")
@@ -131,6 +175,9 @@ def main():
                 print(f"| {shape} | {dname} | {name} | {fwd * 1e3:.1f} | {gbf:.0f} | {100 * gbf * 1e9 / bw:.0f}% "
                       f"| {both * 1e3:.1f} | {gbb:.0f} | {100 * gbb * 1e9 / bw:.0f}% | {peak:.0f} |")
             print(f"| {shape} | {dname} | floor (min bytes / copy bw) | {floors[0] * 1e3:.1f} | | 100% | {floors[1] * 1e3:.1f} | | 100% | |")
+    print(f"\nDevice time per kernel of one forward+backward at {SHAPES['pan']} (torch profiler):")
+    for dtype in (torch.float32, torch.bfloat16):
+        print_kernel_split(SHAPES["pan"], dtype)
 
 
 if __name__ == "__main__":
