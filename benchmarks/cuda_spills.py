@@ -26,28 +26,28 @@ ROOT = Path(__file__).resolve().parents[1]
 INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 
 
-def find_cuobjdump() -> str:
-    found = shutil.which("cuobjdump") or (
-        "/usr/local/cuda/bin/cuobjdump" if Path("/usr/local/cuda/bin/cuobjdump").exists() else None
-    )
-    if found is None:
+def find_cuobjdump() -> "str | None":
+    """cuobjdump from PATH or the CUDA toolkit, else the copy Triton ships; None if none."""
+    candidates = [shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"]
+    try:
         import triton
 
-        bundled = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-        found = str(bundled) if bundled.exists() else None
-    if found is None:
-        sys.exit("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
-    return found
+        candidates.append(str(Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"))
+    except ImportError:
+        pass
+    return next((c for c in candidates if c and Path(c).exists()), None)
 
 
 def kernel_sass(library: Path, arch: int) -> dict[str, list[tuple[int, str]]]:
-    """{kernel name: [(address, instruction)]} of the library's sm_<arch> code."""
+    """{kernel name: [(address, instruction)]} of the library's sm_<arch> code ({} if it has none)."""
     cuobjdump = find_cuobjdump()
+    if cuobjdump is None:
+        raise FileNotFoundError("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
     with tempfile.TemporaryDirectory() as tmp:
         listing = subprocess.run([cuobjdump, "--list-elf", str(library)], capture_output=True, text=True, check=True)
         elf = next((line.split()[-1] for line in listing.stdout.splitlines() if f".sm_{arch}." in line), None)
         if elf is None:
-            sys.exit(f"{library.name} holds no sm_{arch} code:\n{listing.stdout}")
+            return {}
         subprocess.run([cuobjdump, "-xelf", elf, str(library)], cwd=tmp, capture_output=True, check=True)
         sass = subprocess.run(
             [cuobjdump, "-sass", str(Path(tmp) / elf)], capture_output=True, text=True, check=True
@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     if library is None:
         sys.exit("no built extension (pan_ops/_C*.so): run `make install` with the CUDA sources first")
     kernels = kernel_sass(Path(library), args.arch)
+    if not kernels:
+        sys.exit(f"{Path(library).name} holds no sm_{args.arch} code")
     print(f"sm_{args.arch} SASS of {Path(library).name}: {len(kernels)} kernels (layout 0 = NCHW, 1 = channels_last)")
     print("| kernel | spill instructions (loop depth) | depth of the FMA loop |")
     print("| --- | --- | --- |")
