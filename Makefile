@@ -7,7 +7,7 @@ STACK  := torch==2.14.1 torchvision==0.29.1 triton==3.8.0
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: all install test demo bench gpu-check clean
+.PHONY: all install test demo bench gpu-check gpu-wheels clean
 
 all: test
 
@@ -34,6 +34,13 @@ bench: $(STAMP)
 
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# Wheels of the test tools (pytest, hypothesis) for a GPU machine whose image lacks them and
+# cannot reach an index: gpu_check.sh installs them from .whl/ when it travels with the tree.
+GPU_PYTHON ?= 3.12
+gpu-wheels: $(PY)
+	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PYTHON) \
+		--platform manylinux2014_x86_64 pytest hypothesis
 
 clean:
 	rm -rf build *.egg-info pan_ops/_C*.so

@@ -2,23 +2,56 @@
 # GPU check in one command, for a machine with an NVIDIA GPU and its own torch:
 # builds the extension against that torch, runs the GPU tests (float64 reference
 # comparisons for every GPU backend, dtype and layout, gradcheck, opcheck,
-# torch.compile, determinism) and prints the timing table. Logs go to $OUT
-# (default ./gpu_check_out). Meant to finish in under 8 minutes.
+# torch.compile, determinism), the timing table, the quick model benchmark,
+# compute-sanitizer's memcheck and racecheck on the CUDA kernels and an ncu summary of
+# each kernel at the PAN shape.
+# Logs go to $OUT (default ./gpu_check_out), at most eight files.
 #
-#   bash benchmarks/gpu_check.sh            # build + tests + timing table
-#   SKIP_BUILD=1 bash benchmarks/gpu_check.sh
+# Stages run in that order (of value) and share one deadline (DEADLINE seconds, default 540,
+# under the device tool's 10-minute limit per command): each gets its own timeout or
+# what is left, whichever is less, and is skipped with under 30 s left.
+#
+#   bash benchmarks/gpu_check.sh            # everything
+#   SKIP_BUILD=1 SKIP_MODEL=1 bash benchmarks/gpu_check.sh
+#
+# On the lent GPU machines (no index there): `make gpu-wheels` here first, and carry .whl
+# with the working tree, in case their image lacks pytest or hypothesis.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
+START=$(date +%s)
+DEADLINE=${DEADLINE:-540}
 status=0
-stage() { echo; echo "=== $* ($(date +%T))"; }
+stage() { echo; echo "=== $* ($(date +%T), $(( $(date +%s) - START )) s in)"; }
+
+# Seconds a stage may take: its own limit or what is left before the deadline; 0 = skip.
+allowance() {
+  local left=$(( DEADLINE - ($(date +%s) - START) - 5 ))
+  if [ "$left" -lt 30 ]; then echo 0; elif [ "$left" -lt "$1" ]; then echo "$left"; else echo "$1"; fi
+}
+
+# run_stage LOG LIMIT COMMAND...: runs COMMAND under the allowance, output to $OUT/LOG
+# (appended) and the last lines to the console; a failure or timeout sets status=1.
+run_stage() {
+  local log=$1 limit; limit=$(allowance "$2"); shift 2
+  if [ "$limit" = 0 ]; then echo "skipped: the deadline is near"; status=1; return; fi
+  timeout "$limit" "$@" 2>&1 | tee -a "$OUT/$log" | tail -${TAIL:-40}
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "TIMED OUT after $limit s"
+  [ "$rc" = 0 ] || status=1
+}
 
 stage "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.txt"
 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__)" | tee -a "$OUT/device.txt"
+
+if ! $PY -c "import pytest, hypothesis" 2>/dev/null; then
+  stage "test tools from .whl/ (make gpu-wheels)"
+  $PY -m pip install -q --no-index --find-links .whl pytest hypothesis 2>&1 | tail -3
+fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   stage "build (FORCE_CUDA=1)"
@@ -28,30 +61,45 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   fi
   arch=$($PY -c "import torch; c = torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch}
-  start=$(date +%s)
-  if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
+  if ! FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} timeout "$(allowance 300)" \
+      $PY -m pip install --no-build-isolation --no-deps --no-index -e . >"$OUT/build.log" 2>&1; then
     tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1
   fi
-  echo "built for sm_$arch in $(( $(date +%s) - start )) s"
-  cp pan_ops/_C*.so "$OUT/" 2>/dev/null || true
+  echo "built for sm_$arch in $(( $(date +%s) - START )) s"
 fi
 $PY -c "import pan_ops; print('backends on cuda:', pan_ops.available_backends('cuda'))" | tee -a "$OUT/device.txt"
 
 stage "GPU tests"
-timeout ${TEST_TIMEOUT:-300} $PY -m pytest -q -p no:cacheprovider -rfE \
+TAIL=60 run_stage gpu_tests.log "${TEST_TIMEOUT:-200}" $PY -m pytest -q -p no:cacheprovider -rfE \
   tests/test_weighted_pool.py tests/test_op_registration.py tests/test_triton_backend.py \
-  -k "${TEST_FILTER:-cuda or triton or compile or opcheck or autocast or hypothesis or device}" \
-  --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -60
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+  -k "${TEST_FILTER:-cuda or triton or compile or opcheck or autocast or hypothesis or device}"
 
 stage "timing table"
-timeout ${TIMING_TIMEOUT:-240} $PY benchmarks/op_timing.py ${TIMING_ARGS:-} 2>&1 | tee "$OUT/timing.md"
-[ "${PIPESTATUS[0]}" = 0 ] || status=1
+run_stage timing.md "${TIMING_TIMEOUT:-150}" $PY benchmarks/op_timing.py ${TIMING_ARGS:-}
 
-if [ -f benchmarks/bench_model.py ] && [ "${SKIP_MODEL:-0}" != 1 ]; then
+if [ "${SKIP_MODEL:-0}" != 1 ]; then
   stage "model benchmark (quick)"
-  timeout ${MODEL_TIMEOUT:-120} $PY benchmarks/bench_model.py --quick 2>&1 | tee "$OUT/model.md" | tail -30
-  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+  TAIL=30 run_stage model.md "${MODEL_TIMEOUT:-100}" $PY benchmarks/bench_model.py --quick
 fi
+SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$SANITIZER" ] && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
+  for tool in memcheck racecheck; do
+    stage "compute-sanitizer --tool $tool (CUDA kernels, small shapes)"
+    echo "--- $tool" >>"$OUT/sanitizer.log"
+    # Without the caching allocator every tensor is its own allocation, so memcheck sees
+    # accesses past a tensor's end that would otherwise land in a neighbour of the same block.
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 TAIL=12 run_stage sanitizer.log 60 "$SANITIZER" --tool "$tool" \
+      --error-exitcode 9 --kernel-name kns=pool_ $PY benchmarks/gpu_probe.py sanitize
+  done
+fi
+
+NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
+if [ -x "$NCU" ] && [ "${SKIP_NCU:-0}" != 1 ]; then
+  stage "ncu: throughput and occupancy of each kernel at the PAN shape"
+  TAIL=80 run_stage ncu.txt 60 "$NCU" --clock-control none --profile-from-start off \
+    --section SpeedOfLight --section Occupancy --section LaunchStats \
+    $PY benchmarks/gpu_probe.py profile
+fi
+
 stage "done, status $status"
 exit $status

@@ -1,0 +1,80 @@
+"""Small GPU workloads for the tools of benchmarks/gpu_check.sh that watch kernels from outside.
+
+    compute-sanitizer --tool memcheck python benchmarks/gpu_probe.py sanitize
+    ncu --profile-from-start off ... python benchmarks/gpu_probe.py profile
+
+sanitize: the CUDA backend's forward and backward once on each kernel path (part tiers and
+chunks, both layouts with and without 16-byte access, a strided view, float64 and half
+types, a masks tile split), on small odd shapes so that the sanitizer's slowdown stays
+small; each result is compared with the float64 reference, so a path that reads the wrong
+memory without faulting still fails.
+
+profile: one forward+backward of the CUDA and Triton backends at the PAN shape, fp32 and
+bf16, inside torch.cuda.profiler.start()/stop() after a warm-up (so Triton has autotuned
+and ncu sees only the measured calls).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import pan_ops  # noqa: E402
+from op_utils import assert_matches_float64, make_inputs  # noqa: E402
+
+# (B, C, H, W, P, dtype, layout): every register tier and a chunked one, 16-byte and scalar
+# access in both layouts, a strided view, large HW (the forward's mask tiles), double.
+SANITIZE_CASES = [
+    (2, 37, 5, 3, 4, torch.float32, "contiguous"),
+    (2, 64, 4, 4, 14, torch.float32, "contiguous"),
+    (3, 48, 3, 5, 30, torch.bfloat16, "channels_last"),
+    (2, 40, 4, 2, 37, torch.float16, "contiguous"),
+    (2, 33, 7, 3, 9, torch.float32, "strided"),
+    (1, 24, 60, 40, 14, torch.float32, "contiguous"),
+    (2, 20, 3, 3, 11, torch.float64, "channels_last"),
+]
+
+
+def sanitize(device: str = "cuda", backend: str = "cuda") -> None:
+    eps = 1e-6
+    for B, C, H, W, P, dtype, layout in SANITIZE_CASES:
+        features, masks = make_inputs(B, C, H, W, P, dtype, device, layout, seed=B * C + P)
+        features.requires_grad_(True)
+        masks.requires_grad_(True)
+        grad_out = torch.randn(B, P, C, device=device, dtype=dtype)
+        out = pan_ops.weighted_pool(features, masks, eps, backend=backend)
+        grad_features, grad_masks = torch.autograd.grad(out, (features, masks), grad_out)
+        assert_matches_float64(features.detach(), masks.detach(), eps, grad_out, out, grad_features, grad_masks)
+        print(f"ok {backend} {B},{C},{H},{W},{P} {dtype} {layout}", flush=True)
+
+
+def profile() -> None:
+    B, C, H, W, P = 64, 2048, 16, 8, 14
+    backends = [name for name in ("cuda", "triton") if name in pan_ops.available_backends("cuda")]
+    for dtype in (torch.float32, torch.bfloat16):
+        features = torch.randn(B, C, H, W, device="cuda", dtype=dtype, requires_grad=True)
+        masks = torch.randn(B, P, H, W, device="cuda", dtype=dtype, requires_grad=True)
+        grad = torch.randn(B, P, C, device="cuda", dtype=dtype)
+        for backend in backends:
+
+            def step():
+                out = pan_ops.weighted_pool(features, masks, backend=backend)
+                torch.autograd.grad(out, (features, masks), grad)
+
+            for _ in range(3):  # autotuning and caches before the profiled call
+                step()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.start()
+            step()
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+            print(f"profiled {backend} {dtype}", flush=True)
+
+
+if __name__ == "__main__":
+    modes = {"sanitize": sanitize, "profile": profile}
+    if len(sys.argv) != 2 or sys.argv[1] not in modes:
+        sys.exit(f"usage: python {sys.argv[0]} {'|'.join(modes)}")
+    modes[sys.argv[1]]()
