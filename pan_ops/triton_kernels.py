@@ -359,6 +359,7 @@ if AVAILABLE:
         if B * P * C == 0 or H * W == 0:  # nothing to launch; an empty sum pools to 0
             return features.new_zeros((B, P, C))
         out = features.new_empty((B, P, C))
+        p_pad = _padded_parts(P)
         f_sh, f_sw, f_flat = _spatial_strides(features)
         m_sh, m_sw, m_flat = _spatial_strides(masks)
 
@@ -371,7 +372,7 @@ if AVAILABLE:
             features.stride(0), features.stride(1), f_sh, f_sw,
             masks.stride(0), masks.stride(1), m_sh, m_sw,
             F_FLAT_HW=f_flat, M_FLAT_HW=m_flat,
-            P_PAD=_padded_parts(P), BLOCK_HW=_forward_block_hw(H * W, _padded_parts(P)),
+            P_PAD=p_pad, BLOCK_HW=_forward_block_hw(H * W, p_pad),
             PRECISION=_dot_precision(features.dtype), UPCAST=INTERPRET,
         )  # fmt: skip
         return out
@@ -396,7 +397,8 @@ if AVAILABLE:
         grad_masks = torch.empty_like(masks)
 
         HW = H * W
-        block_c = _backward_block_c(_padded_parts(P), features.dtype)
+        p_pad = _padded_parts(P)
+        block_c = _backward_block_c(p_pad, features.dtype)
         num_tiles = triton.cdiv(C, block_c)
         accumulator = _accumulator_dtype(features.dtype)
         partials = features.new_empty((B, num_tiles, P, HW), dtype=accumulator)
@@ -415,7 +417,7 @@ if AVAILABLE:
             masks.stride(0), masks.stride(1), m_sh, m_sw,
             grad_features.stride(0), grad_features.stride(1), df_sh, df_sw,
             F_FLAT_HW=f_flat, M_FLAT_HW=m_flat, DF_FLAT_HW=df_flat,
-            P_PAD=_padded_parts(P), BLOCK_C=block_c,
+            P_PAD=p_pad, BLOCK_C=block_c,
             PRECISION=_dot_precision(features.dtype), UPCAST=INTERPRET,
         )  # fmt: skip
 
