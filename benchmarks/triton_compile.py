@@ -24,7 +24,6 @@ import io
 import os
 import re
 import sys
-import time
 
 import torch
 
@@ -51,10 +50,9 @@ class Compiled:
     spill_stores: int
     spill_loads: int
     shared_bytes: int
-    seconds: float
 
 
-def make_features(shape, dtype: torch.dtype, layout: str):
+def make_inputs(shape, dtype: torch.dtype, layout: str):
     """Small host tensors with the layout's strides: specialization reads only dtypes,
     strides, sizes and pointer alignment, so the batch does not have to be the real one."""
     B, C, H, W, P = shape
@@ -83,7 +81,7 @@ def record_launches(shape, dtype: torch.dtype, layout: str) -> list[Launch]:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append(Launch(self.kernel, args, kwargs))
 
-    features, masks, grad = make_features(shape, dtype, layout)
+    features, masks, grad = make_inputs(shape, dtype, layout)
     saved = triton_kernels._launcher, triton_kernels._check_device
     triton_kernels._launcher, triton_kernels._check_device = Recorder, lambda tensor: None
     try:
@@ -119,14 +117,12 @@ def compile_launch(launch: Launch, arch: int, configs: slice = slice(None)) -> l
             backend, kwargs, bound, specialization, options
         )
         log = io.StringIO()
-        start = time.perf_counter()
         with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
             knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report, printed by Triton
             knobs.compilation.always_compile = True  # a cached kernel would skip ptxas and its report
             compiled = triton.compile(
                 ASTSource(function, signature, constexprs, attrs), target=target, options=options.__dict__
             )
-        seconds = time.perf_counter() - start
         text = log.getvalue()
         registers = re.search(r"Used (\d+) registers", text)
         spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", text)
@@ -139,7 +135,7 @@ def compile_launch(launch: Launch, arch: int, configs: slice = slice(None)) -> l
         results.append(
             Compiled(
                 function.__name__, described, int(registers.group(1)), int(spills.group(1)),
-                int(spills.group(2)), compiled.metadata.shared, seconds,
+                int(spills.group(2)), compiled.metadata.shared,
             )
         )  # fmt: skip
     return results
