@@ -96,7 +96,7 @@ fi
 NCU=$(command -v ncu || echo "${CUDA_HOME:-/usr/local/cuda}/bin/ncu")
 if [ -x "$NCU" ] && [ "${SKIP_NCU:-0}" != 1 ]; then
   stage "ncu: throughput and occupancy of each kernel at the PAN shape"
-  TAIL=80 run_stage ncu.txt 60 "$NCU" --clock-control none --profile-from-start off \
+  TAIL=80 run_stage ncu.txt 90 "$NCU" --clock-control none --profile-from-start off \
     --section SpeedOfLight --section Occupancy --section LaunchStats \
     $PY benchmarks/gpu_probe.py profile
 fi

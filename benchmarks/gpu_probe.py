@@ -9,9 +9,9 @@ types, a masks tile split), on small odd shapes so that the sanitizer's slowdown
 small; each result is compared with the float64 reference, so a path that reads the wrong
 memory without faulting still fails.
 
-profile: one forward+backward of the CUDA and Triton backends at the PAN shape, fp32 and
-bf16, inside torch.cuda.profiler.start()/stop() after a warm-up (so Triton has autotuned
-and ncu sees only the measured calls).
+profile: one forward+backward of the CUDA and Triton backends at the PAN shape (fp32 NCHW and
+channels_last, bf16 NCHW), inside torch.cuda.profiler.start()/stop() after a warm-up (so
+Triton has autotuned and ncu sees only the measured calls).
 """
 
 import sys
@@ -53,9 +53,11 @@ def sanitize(device: str = "cuda", backend: str = "cuda") -> None:
 def profile() -> None:
     B, C, H, W, P = 64, 2048, 16, 8, 14
     backends = [name for name in ("cuda", "triton") if name in pan_ops.available_backends("cuda")]
-    for dtype in (torch.float32, torch.bfloat16):
-        features = torch.randn(B, C, H, W, device="cuda", dtype=dtype, requires_grad=True)
-        masks = torch.randn(B, P, H, W, device="cuda", dtype=dtype, requires_grad=True)
+    # channels_last fp32: the Triton forward measured at 36% of the floor there (RESULTS.md).
+    for dtype, layout in ((torch.float32, "contiguous"), (torch.float32, "channels_last"), (torch.bfloat16, "contiguous")):
+        features, masks = make_inputs(B, C, H, W, P, dtype, "cuda", layout, seed=0)
+        features.requires_grad_(True)
+        masks.requires_grad_(True)
         grad = torch.randn(B, P, C, device="cuda", dtype=dtype)
         for backend in backends:
 
@@ -70,7 +72,7 @@ def profile() -> None:
             step()
             torch.cuda.synchronize()
             torch.cuda.profiler.stop()
-            print(f"profiled {backend} {dtype}", flush=True)
+            print(f"profiled {backend} {dtype} {layout}", flush=True)
 
 
 if __name__ == "__main__":
