@@ -3,6 +3,8 @@
 import torch
 from hypothesis import strategies as st
 
+import pan_ops
+
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 # Relative (norm) error allowed against the float64 reference, per input dtype.
 REL_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
@@ -83,3 +85,20 @@ def assert_matches_float64(features, masks, eps, grad_out, out, grad_features, g
     assert rel_error(grad_features, ref_df) < tol, "grad features"
     scale = grad_masks_scale(features, masks, eps, grad_out)
     assert rel_error(grad_masks, ref_dm, floor=scale) < grad_masks_factor * tol, "grad masks"
+
+
+def check_backend(backend, device, shape, dtype, layout, eps=1e-6, zero_parts=(), seed=0):
+    """One forward+backward of pan_ops.weighted_pool on `backend` through autograd, on random
+    inputs of `shape` (B, C, H, W, P): output and gradient shapes and dtypes, and the values
+    against the float64 ground truth."""
+    B, C, H, W, P = shape
+    features, masks = make_inputs(B, C, H, W, P, dtype, device, layout, seed=seed, zero_parts=zero_parts)
+    features.requires_grad_(True)
+    masks.requires_grad_(True)
+    out = pan_ops.weighted_pool(features, masks, eps=eps, backend=backend)
+    assert out.shape == (B, P, C) and out.dtype == dtype and out.device == features.device
+    grad_out = torch.randn(B, P, C, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    out.backward(grad_out.to(device=device, dtype=dtype))
+    assert features.grad.shape == features.shape and masks.grad.shape == masks.shape
+    assert features.grad.dtype == dtype and masks.grad.dtype == dtype
+    assert_matches_float64(features, masks, eps, grad_out, out, features.grad, masks.grad)

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pan_ops
-from op_utils import DTYPES, LAYOUTS, assert_matches_float64, ground_truth, make_inputs, rel_error, shape_strategies
+from op_utils import DTYPES, LAYOUTS, check_backend, ground_truth, make_inputs, rel_error, shape_strategies
 
 CUDA = torch.cuda.is_available()
 
@@ -48,26 +48,12 @@ def _needs_skip(backend, device, dtype, shape):
         pytest.skip("shape too large for Triton's interpreter")
 
 
-def _check(backend, device, shape, dtype, layout, eps=1e-6, zero_parts=(), seed=0):
-    B, C, H, W, P = shape
-    features, masks = make_inputs(B, C, H, W, P, dtype, device, layout, seed=seed, zero_parts=zero_parts)
-    features.requires_grad_(True)
-    masks.requires_grad_(True)
-    out = pan_ops.weighted_pool(features, masks, eps=eps, backend=backend)
-    assert out.shape == (B, P, C) and out.dtype == dtype and out.device == features.device
-    grad_out = torch.randn(B, P, C, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
-    out.backward(grad_out.to(device=device, dtype=dtype))
-    assert features.grad.shape == features.shape and masks.grad.shape == masks.shape
-    assert features.grad.dtype == dtype and masks.grad.dtype == dtype
-    assert_matches_float64(features, masks, eps, grad_out, out, features.grad, masks.grad)
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_forward_backward_matches_float64(backend, device, shape, dtype):
     _needs_skip(backend, device, dtype, shape)
-    _check(backend, device, shape, dtype, "contiguous")
+    check_backend(backend, device, shape, dtype, "contiguous")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
@@ -75,13 +61,13 @@ def test_forward_backward_matches_float64(backend, device, shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_layouts(backend, device, layout, dtype):
     shape = (2, 24, 6, 5, 7) if device == "cpu" and backend == "triton" else (3, 67, 16, 8, 14)
-    _check(backend, device, shape, dtype, layout)
+    check_backend(backend, device, shape, dtype, layout)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=IDS)
 def test_all_zero_mask_rows(backend, device):
     """A part whose mask is all zero pools to 0 and gets dM = G (the clamp term vanishes)."""
-    _check(backend, device, (2, 11, 5, 3, 4), torch.float32, "contiguous", zero_parts=(0, 2))
+    check_backend(backend, device, (2, 11, 5, 3, 4), torch.float32, "contiguous", zero_parts=(0, 2))
     B, C, H, W, P = 2, 11, 5, 3, 4
     features, masks = make_inputs(B, C, H, W, P, zero_parts=(1,), device=device)
     out = pan_ops.weighted_pool(features, masks, backend=backend)
@@ -158,7 +144,7 @@ def test_bitwise_deterministic(backend, device, dtype, layout):
 def test_hypothesis_shapes(B, C, H, W, P, layout, seed):
     backend = "cuda" if CUDA and "cuda" in pan_ops.available_backends("cuda") else "auto"
     device = "cuda" if backend == "cuda" else "cpu"
-    _check(backend, device, (B, C, H, W, P), torch.float32, layout, seed=seed)
+    check_backend(backend, device, (B, C, H, W, P), torch.float32, layout, seed=seed)
 
 
 def test_reference_matches_literal_formula():
