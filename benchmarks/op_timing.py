@@ -79,7 +79,9 @@ def implementations(dtype, with_compile: bool):
     return impls
 
 
-def measure(shape, dtype, impls, bw, sets: int):
+def input_sets(shape, dtype, sets: int) -> list[tuple]:
+    """`sets` random (features, masks, upstream gradient) triples on the GPU, the first two
+    requiring grad."""
     B, C, H, W, P = shape
     inputs = []
     for _ in range(sets):
@@ -87,14 +89,23 @@ def measure(shape, dtype, impls, bw, sets: int):
         m = torch.randn(B, P, H, W, device="cuda", dtype=dtype)
         g = torch.randn(B, P, C, device="cuda", dtype=dtype)
         inputs.append((f.requires_grad_(True), m.requires_grad_(True), g))
+    return inputs
+
+
+def forward_backward(fn, inputs, i: int) -> None:
+    f, m, g = inputs[i % len(inputs)]
+    torch.autograd.grad(fn(f, m), (f, m), g)
+
+
+def measure(shape, dtype, impls, bw, sets: int):
+    inputs = input_sets(shape, dtype, sets)
     rows = []
     for name, fn in impls.items():
         with torch.no_grad():
             fwd = time_cuda(lambda i: fn(inputs[i % sets][0], inputs[i % sets][1]))
 
         def fwd_bwd(i):
-            f, m, g = inputs[i % sets]
-            torch.autograd.grad(fn(f, m), (f, m), g)
+            forward_backward(fn, inputs, i)
 
         both = time_cuda(fwd_bwd)
         torch.cuda.synchronize()
@@ -113,8 +124,7 @@ def kernel_split(fn, inputs, calls: int = 20) -> list[tuple[str, float]]:
     activity = torch.profiler.ProfilerActivity.CUDA
     with torch.profiler.profile(activities=[activity]) as prof:
         for i in range(calls):
-            f, m, g = inputs[i % len(inputs)]
-            torch.autograd.grad(fn(f, m), (f, m), g)
+            forward_backward(fn, inputs, i)
         torch.cuda.synchronize()
     totals = {}
     for event in prof.key_averages():
@@ -127,15 +137,7 @@ def kernel_split(fn, inputs, calls: int = 20) -> list[tuple[str, float]]:
 
 
 def print_kernel_split(shape, dtype) -> None:
-    B, C, H, W, P = shape
-    inputs = [
-        (
-            torch.randn(B, C, H, W, device="cuda", dtype=dtype).requires_grad_(True),
-            torch.randn(B, P, H, W, device="cuda", dtype=dtype).requires_grad_(True),
-            torch.randn(B, P, C, device="cuda", dtype=dtype),
-        )
-        for _ in range(4)
-    ]
+    inputs = input_sets(shape, dtype, 4)
     dname = str(dtype).replace("torch.", "")
     for name, fn in implementations(dtype, with_compile=False).items():
         if name not in ("cuda", "triton"):
