@@ -66,17 +66,18 @@ def test_matches_float64(shape, dtype, layout):
     _assert_matches_float64(features, masks)
 
 
-@pytest.mark.parametrize("parts,dtype", [(20, torch.float32), (40, torch.float32), (20, torch.float64)])
-def test_tiles_shrink_with_the_part_count(monkeypatch, parts, dtype):
+@pytest.mark.parametrize(
+    "parts,dtype,block_c,block_hw", [(20, torch.float32, 32, 64), (40, torch.float32, 16, 32), (20, torch.float64, 16, 64)]
+)
+def test_tiles_shrink_with_the_part_count(monkeypatch, parts, dtype, block_c, block_hw):
     """The host halves the backward's channel tile and the forward's HW chunk as P_PAD (and the
     accumulator width) grow; the kernels and the partials' reduction follow those sizes. The
     interpreter's largest tiles are raised here so that the shrinking happens at test sizes."""
     monkeypatch.setattr(triton_kernels, "BACKWARD_BLOCK_C", 64)
     monkeypatch.setattr(triton_kernels, "MAX_BLOCK_HW", 64)
     p_pad = triton_kernels._padded_parts(parts)
-    block_c = triton_kernels._backward_block_c(p_pad, dtype)
-    assert block_c == max(16, 64 * 64 // (p_pad * (8 if dtype == torch.float64 else 4)))
-    assert triton_kernels._forward_block_hw(200, p_pad) == max(16, 64 * 32 // p_pad)
+    assert triton_kernels._backward_block_c(p_pad, dtype) == block_c  # 64 halved per doubling past 16 x 4 bytes
+    assert triton_kernels._forward_block_hw(200, p_pad) == block_hw  # 64 halved per doubling past 32
     features, masks = make_inputs(2, 2 * block_c + 3, 10, 20, parts, dtype, DEVICE, seed=parts)
     _assert_matches_float64(features, masks)
 
