@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import itertools
 import os
 import re
 import sys
@@ -151,23 +152,20 @@ def parse_shape(text: str):
 def compile_all(archs, shapes, dtypes, layouts, configs: slice = slice(None)) -> list[dict]:
     """One row per compiled (launch, config), or per launch that failed to compile (with "error")."""
     rows = []
-    for arch in archs:
-        for shape in shapes:
-            for dtype in dtypes:
-                for layout in layouts:
-                    for launch in record_launches(shape, getattr(torch, dtype), layout):
-                        where = {"arch": arch, "shape": list(shape), "dtype": dtype, "layout": layout}
-                        try:
-                            compiled = compile_launch(launch, arch, configs)
-                        except Exception as error:  # report every failure; the caller fails
-                            name = getattr(launch.kernel, "fn", launch.kernel).__name__
-                            lines = str(error).strip().splitlines() or [""]
-                            rows.append(dict(where, kernel=name, error=f"{type(error).__name__}: {lines[0]}"))
-                            continue
-                        rows += [
-                            dict(where, **dataclasses.asdict(c), fits=c.shared_bytes <= SHARED_LIMIT_KIB[arch] * 1024)
-                            for c in compiled
-                        ]
+    for arch, shape, dtype, layout in itertools.product(archs, shapes, dtypes, layouts):
+        for launch in record_launches(shape, getattr(torch, dtype), layout):
+            where = {"arch": arch, "shape": list(shape), "dtype": dtype, "layout": layout}
+            try:
+                compiled = compile_launch(launch, arch, configs)
+            except Exception as error:  # report every failure; the caller fails
+                name = getattr(launch.kernel, "fn", launch.kernel).__name__
+                lines = str(error).strip().splitlines() or [""]
+                rows.append(dict(where, kernel=name, error=f"{type(error).__name__}: {lines[0]}"))
+                continue
+            rows += [
+                dict(where, **dataclasses.asdict(c), fits=c.shared_bytes <= SHARED_LIMIT_KIB[arch] * 1024)
+                for c in compiled
+            ]
     return rows
 
 
