@@ -36,7 +36,7 @@ class ModelConfig:
     (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC per stripe)."""
 
     arch: str = "pan"  # "pan" | "pcb" | "global"
-    backbone: str = "resnet50"  # resnet50 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    backbone: str = "resnet50"  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
     num_parts: Optional[int] = None  # P
     local_dim: Optional[int] = None  # n_l
     global_dim: Optional[int] = None  # N_g
@@ -45,8 +45,9 @@ class ModelConfig:
     mask_source: Optional[str] = None  # conv50 | conv40 | conv41
     local_source: Optional[str] = None  # conv51 | conv50
     last_stride: int = 1
-    pretrained: Optional[str] = None  # backbone weights: a file, or "imagenet" (local cache)
+    pretrained: Optional[str] = None  # backbone weights: a file, or "imagenet" (cache, else download)
     pool_backend: str = "auto"  # backend of pan_ops.weighted_pool
+    mask_generator: Optional[str] = None  # PAN: conv (the paper) | stripes (fixed, a diagnostic)
 
     def options(self) -> dict:
         """Keyword arguments of pan_model.build_model: the fields set, but arch."""
@@ -73,8 +74,10 @@ class LossConfig:
     triplet_margin: Optional[float] = None  # None: soft margin log(1 + exp(d_ap - d_an))
     id_weight: float = 1.0  # on the mean of the global and local identity losses
     triplet_weight: float = 1.0
-    # Not in the paper: weight of the masks' mean squared correlation (losses.MaskDecorrelationLoss)
-    mask_decorrelation_weight: float = 0.0
+    # Not in the paper (notes/accuracy_synthetic.md), off by default:
+    mask_decorrelation_weight: float = 0.0  # the masks' mean squared correlation (losses.MaskDecorrelationLoss)
+    mask_overlap_weight: float = 0.0  # the masks' mean uncentred |m| overlap (losses.MaskOverlapLoss)
+    triplet_on: str = "global"  # global | all: the triplet loss on [global, part embeddings]
 
 
 @dataclass
@@ -87,6 +90,7 @@ class OptimConfig:
     warmup_factor: float = 0.1  # the first epoch's lr is lr * warmup_factor (3.5e-5)
     milestones: list[int] = field(default_factory=lambda: [60, 90])
     gamma: float = 0.1
+    mask_lr_factor: float = 1.0  # not in the paper: the PAN mask generator's lr is lr * this
 
 
 @dataclass

@@ -91,13 +91,43 @@ class MaskDecorrelationLoss(nn.Module):
         return mask_correlations(masks).pow(2)[:, off_diagonal].mean()
 
 
+def mask_overlaps(masks: torch.Tensor) -> torch.Tensor:
+    """[B, P, h, w] -> [B, P, P]: cosine between the masks' absolute values |m_p| and |m_q| of
+    each image, uncentred (float32 at least). In [0, 1]: 0 when two masks weigh disjoint
+    positions, 1 when they weigh the same positions in the same proportions. Unlike the
+    correlation it sees the constant component, and the sign: a mask and its negative, or two
+    nearly constant masks, overlap fully. |m| is what weighted_pool normalises by."""
+    weights = masks.flatten(2).abs().to(torch.promote_types(masks.dtype, torch.float32))
+    unit = weights / weights.norm(dim=2, keepdim=True).clamp_min(1e-12)
+    return unit @ unit.transpose(1, 2)
+
+
+class MaskOverlapLoss(nn.Module):
+    """Mean overlap (mask_overlaps) between different part masks of the same image: 0 when the
+    masks weigh disjoint positions, 1 when all weigh the same ones. Not in the paper; an option
+    against masks that all become one (nearly constant) map (notes/accuracy_synthetic.md)."""
+
+    def forward(self, masks: torch.Tensor) -> torch.Tensor:
+        if masks.dim() != 4 or masks.shape[1] < 2:
+            raise ValueError(f"MaskOverlapLoss: expected masks [B, P>=2, h, w], got {tuple(masks.shape)}")
+        parts = masks.shape[1]
+        off_diagonal = ~torch.eye(parts, dtype=torch.bool, device=masks.device)
+        return mask_overlaps(masks)[:, off_diagonal].mean()
+
+
+TRIPLET_FEATURES = ("global", "all")
+
+
 class ReIDLoss(nn.Module):
     """L = id_weight * mean(identity losses of the branches present) + triplet_weight * L_tri.
 
     With a global and a local branch this is the paper's 1/2 (L_g,id + L_l,id) + L_tri; the
     local identity loss is the mean over parts; a global-only model has just L_g,id.
-    mask_decorrelation_weight > 0 adds that multiple of MaskDecorrelationLoss on the masks
-    of a PAN model (not in the paper; 0 by default).
+    Options outside the paper (off by default):
+      triplet_on="all"            the triplet loss sees [global embedding, part embeddings]
+                                  (all before BN) instead of the global embedding alone
+      mask_decorrelation_weight   that multiple of MaskDecorrelationLoss on a PAN model's masks
+      mask_overlap_weight         that multiple of MaskOverlapLoss on a PAN model's masks
     Returns the total and a dict of detached components for logging.
     """
 
@@ -108,16 +138,28 @@ class ReIDLoss(nn.Module):
         id_weight: float = 1.0,
         triplet_weight: float = 1.0,
         mask_decorrelation_weight: float = 0.0,
+        mask_overlap_weight: float = 0.0,
+        triplet_on: str = "global",
     ):
         super().__init__()
-        if mask_decorrelation_weight < 0:
-            raise ValueError(f"ReIDLoss: mask_decorrelation_weight must be >= 0, got {mask_decorrelation_weight}")
+        for name, weight in (("mask_decorrelation_weight", mask_decorrelation_weight), ("mask_overlap_weight", mask_overlap_weight)):
+            if weight < 0:
+                raise ValueError(f"ReIDLoss: {name} must be >= 0, got {weight}")
+        if triplet_on not in TRIPLET_FEATURES:
+            raise ValueError(f"ReIDLoss: triplet_on must be one of {TRIPLET_FEATURES}, got {triplet_on!r}")
         self.identity = CrossEntropyLabelSmooth(label_smoothing)
         self.triplet = BatchHardTripletLoss(triplet_margin)
-        self.mask_decorrelation = MaskDecorrelationLoss()
         self.id_weight = id_weight
         self.triplet_weight = triplet_weight
-        self.mask_decorrelation_weight = mask_decorrelation_weight
+        self.triplet_on = triplet_on
+        self.mask_terms = {
+            name: (module, weight)
+            for name, module, weight in (
+                ("mask_decorrelation", MaskDecorrelationLoss(), mask_decorrelation_weight),
+                ("mask_overlap", MaskOverlapLoss(), mask_overlap_weight),
+            )
+            if weight > 0
+        }
 
     def forward(self, outputs: dict, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
         components = {"id_global": self.identity(outputs["global_logits"], targets)}
@@ -125,15 +167,21 @@ class ReIDLoss(nn.Module):
         if local_logits:
             components["id_local"] = torch.stack([self.identity(logits, targets) for logits in local_logits]).mean()
         identity = torch.stack(list(components.values())).mean()
-        components["triplet"] = self.triplet(outputs["triplet_feature"], targets)
+        components["triplet"] = self.triplet(self._triplet_feature(outputs), targets)
         total = self.id_weight * identity + self.triplet_weight * components["triplet"]
-        if self.mask_decorrelation_weight > 0:
+        for name, (term, weight) in self.mask_terms.items():
             if "masks" not in outputs:
                 raise ValueError(
-                    "ReIDLoss: mask_decorrelation_weight > 0 needs the part masks of a PAN model; "
-                    "this model's outputs have none"
+                    f"ReIDLoss: {name}_weight > 0 needs the part masks of a PAN model; this model's outputs have none"
                 )
-            components["mask_decorrelation"] = self.mask_decorrelation(outputs["masks"])
-            total = total + self.mask_decorrelation_weight * components["mask_decorrelation"]
+            components[name] = term(outputs["masks"])
+            total = total + weight * components[name]
         components["total"] = total
         return total, {name: value.detach() for name, value in components.items()}
+
+    def _triplet_feature(self, outputs: dict) -> torch.Tensor:
+        if self.triplet_on == "global":
+            return outputs["triplet_feature"]
+        if "part_embeddings" not in outputs:
+            raise ValueError("ReIDLoss: triplet_on='all' needs the part embeddings of a part model (PAN, PCB)")
+        return torch.cat([outputs["triplet_feature"], outputs["part_embeddings"].flatten(1)], dim=1)

@@ -148,6 +148,28 @@ def test_warmup_multistep_schedule_matches_the_paper():
     assert restored.get_last_lr() == pytest.approx(schedule.get_last_lr())
 
 
+def test_mask_generator_learning_rate_group():
+    import pan_model
+
+    model = pan_model.build_model("pan", 5, backbone="osnet_x0_25")
+    optimizer = build_optimizer(model, "adam", lr=1e-3, mask_lr_factor=0.1)
+    groups = optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-4])
+    mask_ids = {id(p) for p in model.mask_generator.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == mask_ids
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    assert not mask_ids & {id(p) for p in groups[0]["params"]}
+    schedule = WarmupMultiStepLR(optimizer, milestones=[1], warmup_epochs=0)
+    optimizer.step()
+    schedule.step()  # the schedule scales both groups alike
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-5])
+    assert len(build_optimizer(model, "adam", lr=1e-3).param_groups) == 1
+    with pytest.raises(ValueError, match="mask_lr_factor=0.5 needs a model with a learned mask generator"):
+        build_optimizer(pan_model.build_model("pcb", 5, backbone="osnet_x0_25"), mask_lr_factor=0.5)
+    with pytest.raises(ValueError, match="mask_lr_factor must be > 0"):
+        build_optimizer(model, mask_lr_factor=0.0)
+
+
 def test_schedule_and_optimizer_argument_checks():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
     with pytest.raises(ValueError, match=r"milestones must be increasing, got \[9, 3\]"):

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from pan_model.losses import BatchHardTripletLoss, CrossEntropyLabelSmooth, MaskDecorrelationLoss, ReIDLoss
+from pan_model.losses import (
+    BatchHardTripletLoss,
+    CrossEntropyLabelSmooth,
+    MaskDecorrelationLoss,
+    MaskOverlapLoss,
+    ReIDLoss,
+)
 
 
 def _smoothed_ce_reference(logits, targets, epsilon):
@@ -176,3 +182,71 @@ def test_reid_loss_adds_weighted_mask_decorrelation_only_when_asked():
         ReIDLoss(mask_decorrelation_weight=0.3)(_outputs(8, 4, 3, generator), targets)
     with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(8, 1, 6\)"):
         MaskDecorrelationLoss()(torch.randn(8, 1, 6))
+
+
+def _mean_mask_overlap_reference(masks):
+    """Uncentred cosine between |m_p| and |m_q| of every pair of different masks, averaged (loops)."""
+    values = []
+    for sample in masks.double().abs().numpy():
+        flat = sample.reshape(sample.shape[0], -1)
+        for p in range(len(flat)):
+            for q in range(len(flat)):
+                if p != q:
+                    values.append(flat[p] @ flat[q] / (np.linalg.norm(flat[p]) * np.linalg.norm(flat[q])))
+    return float(np.mean(values))
+
+
+def test_mask_overlap_matches_reference_and_sees_what_correlation_misses():
+    masks = torch.randn(3, 4, 5, 3, generator=torch.Generator().manual_seed(11))
+    assert MaskOverlapLoss()(masks).item() == pytest.approx(_mean_mask_overlap_reference(masks), rel=1e-6)
+    # a map, its negative and a shifted copy: correlation sees one map; a constant offset
+    # hides nothing from the overlap either
+    base = torch.rand(1, 1, 6, 4, generator=torch.Generator().manual_seed(12)) + 0.1
+    copies = torch.cat([base, -base, 3 * base], dim=1)
+    assert MaskOverlapLoss()(copies).item() == pytest.approx(1.0, rel=1e-6)
+    # nearly constant masks with uncorrelated small variations: correlation ~0, overlap ~1
+    wiggles = torch.randn(1, 3, 6, 4, generator=torch.Generator().manual_seed(13))
+    flat = torch.ones(1, 3, 6, 4) + 0.01 * wiggles
+    assert MaskDecorrelationLoss()(flat).item() < 0.5 and MaskOverlapLoss()(flat).item() > 0.999
+    # disjoint supports overlap 0
+    disjoint = torch.zeros(1, 3, 6, 4)
+    for part in range(3):
+        disjoint[0, part, 2 * part : 2 * part + 2] = torch.randn(2, 4, generator=torch.Generator().manual_seed(part))
+    assert MaskOverlapLoss()(disjoint).item() == 0.0
+    with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(2, 1, 6, 4\)"):
+        MaskOverlapLoss()(torch.randn(2, 1, 6, 4))
+
+
+def test_reid_loss_adds_weighted_mask_overlap_only_when_asked():
+    generator = torch.Generator().manual_seed(14)
+    masks = torch.randn(8, 3, 6, 4, generator=generator, requires_grad=True)
+    outputs = {**_outputs(8, 4, 3, generator), "masks": masks}
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    paper_total, paper_components = ReIDLoss()(outputs, targets)
+    assert "mask_overlap" not in paper_components
+    total, components = ReIDLoss(mask_overlap_weight=0.5)(outputs, targets)
+    expected = _mean_mask_overlap_reference(masks.detach())
+    assert components["mask_overlap"].item() == pytest.approx(expected, rel=1e-5)
+    assert total.item() == pytest.approx(paper_total.item() + 0.5 * expected, rel=1e-6)
+    total.backward()
+    assert masks.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_overlap_weight must be >= 0"):
+        ReIDLoss(mask_overlap_weight=-0.1)
+    with pytest.raises(ValueError, match="mask_overlap_weight > 0 needs the part masks"):
+        ReIDLoss(mask_overlap_weight=0.5)(_outputs(8, 4, 3, generator), targets)
+
+
+def test_triplet_on_all_uses_global_and_part_embeddings():
+    generator = torch.Generator().manual_seed(15)
+    outputs = {**_outputs(8, 4, 3, generator), "part_embeddings": torch.randn(8, 3, 5, generator=generator)}
+    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    _, components = ReIDLoss(triplet_on="all")(outputs, targets)
+    joined = torch.cat([outputs["triplet_feature"], outputs["part_embeddings"].reshape(8, 15)], dim=1)
+    assert components["triplet"].item() == pytest.approx(_batch_hard_reference(joined, targets, None), rel=1e-5)
+    _, paper = ReIDLoss()(outputs, targets)
+    assert paper["triplet"].item() == pytest.approx(_batch_hard_reference(outputs["triplet_feature"], targets, None), rel=1e-5)
+    assert paper["triplet"].item() != pytest.approx(components["triplet"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match="triplet_on must be one of"):
+        ReIDLoss(triplet_on="parts")
+    with pytest.raises(ValueError, match="triplet_on='all' needs the part embeddings"):
+        ReIDLoss(triplet_on="all")(_outputs(8, 4, 3, generator), targets)

@@ -47,7 +47,8 @@ def test_pan_output_shapes(options):
     dim = options.get("global_dim", 512) + parts * options.get("local_dim", 256)
     assert (model.feature_dim, model.num_parts) == (dim, parts)
     out = model.train()(images())
-    assert set(out) == {"global_logits", "local_logits", "triplet_feature", "feature", "masks"}
+    assert set(out) == {"global_logits", "local_logits", "triplet_feature", "part_embeddings", "feature", "masks"}
+    assert out["part_embeddings"].shape == (4, parts, options.get("local_dim", 256))
     assert out["global_logits"].shape == (4, NUM_CLASSES)
     assert len(out["local_logits"]) == parts and all(t.shape == (4, NUM_CLASSES) for t in out["local_logits"])
     assert out["triplet_feature"].shape == (4, options.get("global_dim", 512))
@@ -204,6 +205,52 @@ def test_pcb_stripes_are_row_averages_of_conv51():
         parts = torch.einsum("bpc,poc->bpo", stripes, weight)
         expected = model.local_branch.bn(parts.flatten(1))
         torch.testing.assert_close(model(x)[:, 512:], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("height", [6, 7, 8, 9, 13])
+@pytest.mark.parametrize("parts", [1, 4, 6])
+def test_stripe_masks_pool_like_adaptive_average_pooling(height, parts):
+    from pan_model.models.pcb import stripe_masks
+
+    features = torch.randn(2, 5, height, 3, generator=torch.Generator().manual_seed(height), dtype=torch.float64)
+    masks = stripe_masks(parts, height, 3, features).expand(2, -1, -1, -1)
+    expected = F.adaptive_avg_pool2d(features, (parts, 1)).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(naive_pool(features, masks), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_pan_with_fixed_stripes_is_pcb():
+    """Diagnostic (a): PCB's stripes fed through PAN's path give PCB's model, weights and outputs."""
+    options = dict(num_parts=6, shared_fc=False, local_dim=32, global_dim=48, **SMALL)
+    torch.manual_seed(3)
+    pan = pan_model.build_model("pan", NUM_CLASSES, mask_generator="stripes", pool_backend="reference", **options)
+    torch.manual_seed(3)
+    pcb = pan_model.build_model("pcb", NUM_CLASSES, **options)
+    pcb_state = pcb.state_dict()
+    assert pan.mask_generator is None and list(pan.state_dict()) == list(pcb_state)
+    assert all(torch.equal(value, pcb_state[key]) for key, value in pan.state_dict().items())
+    x = images(height=112)  # conv5 map 7 x 2: stripes of uneven, overlapping rows
+    pan_out, pcb_out = pan.train()(x), pcb.train()(x)
+    for key in ("global_logits", "triplet_feature", "part_embeddings", "feature"):
+        torch.testing.assert_close(pan_out[key], pcb_out[key], rtol=1e-5, atol=1e-5)
+    assert torch.equal(pan_out["masks"][0, 0, :, 0], torch.tensor([1.0, 1, 0, 0, 0, 0, 0]))
+    with torch.no_grad():
+        torch.testing.assert_close(pan.eval()(x), pcb.eval()(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="mask_softmax=True needs learned masks"):
+        pan_model.build_model("pan", NUM_CLASSES, mask_generator="stripes", mask_softmax=True, **SMALL)
+    with pytest.raises(ValueError, match="mask_generator must be one of"):
+        pan_model.build_model("pan", NUM_CLASSES, mask_generator="grid", **SMALL)
+
+
+@pytest.mark.parametrize("arch", ["pan", "pcb"])
+def test_local_parts_are_what_the_local_branch_embeds(arch):
+    model = pan_model.build_model(arch, NUM_CLASSES, **SMALL).eval()
+    x = images()
+    with torch.no_grad():
+        local = model.local_parts(x)
+        assert local.masks.shape == (4, model.num_parts, 4, 2) and local.parts.shape == (4, model.num_parts, 128)
+        torch.testing.assert_close(local.parts, naive_pool(local.local_map, local.masks), rtol=1e-5, atol=1e-5)
+        expected = model.local_branch(local.parts).feature.flatten(1)
+        torch.testing.assert_close(model(x)[:, 512:], expected, rtol=0, atol=0)
 
 
 def test_global_model():

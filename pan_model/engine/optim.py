@@ -13,10 +13,27 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
 def build_optimizer(
-    model: torch.nn.Module, name: str = "adam", lr: float = 3.5e-4, weight_decay: float = 5e-4, momentum: float = 0.9
+    model: torch.nn.Module,
+    name: str = "adam",
+    lr: float = 3.5e-4,
+    weight_decay: float = 5e-4,
+    momentum: float = 0.9,
+    mask_lr_factor: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """The optimiser `name` over the model's trainable parameters."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    """The optimiser `name` over the model's trainable parameters. mask_lr_factor != 1 puts
+    the parameters of a PAN model's mask generator in a group of their own at lr * factor
+    (not in the paper; the schedule scales both groups alike)."""
+    if mask_lr_factor <= 0:
+        raise ValueError(f"build_optimizer: mask_lr_factor must be > 0, got {mask_lr_factor}")
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    masks = [p for n, p in named if n.startswith("mask_generator.")]
+    if mask_lr_factor != 1.0 and not masks:
+        raise ValueError(f"build_optimizer: mask_lr_factor={mask_lr_factor} needs a model with a learned mask generator")
+    if mask_lr_factor == 1.0 or not masks:
+        parameters = [p for _, p in named]
+    else:
+        rest = [p for n, p in named if not n.startswith("mask_generator.")]
+        parameters = [{"params": rest}, {"params": masks, "lr": lr * mask_lr_factor}]
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "adamw":

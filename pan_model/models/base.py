@@ -8,7 +8,7 @@ the losses read (see ReIDModel.outputs).
 from __future__ import annotations
 
 import copy
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 from torch import nn
@@ -17,6 +17,15 @@ from ..backbones import build_backbone
 from .heads import BranchOutput, GlobalBranch
 
 Output = Union[torch.Tensor, dict]
+
+
+class LocalParts(NamedTuple):
+    """What a part model's local branch starts from (for diagnostics and the forward pass)."""
+
+    local_map: torch.Tensor  # [B, C, h, w] the feature map the parts are pooled from (Conv51)
+    masks: torch.Tensor  # [B, P, h, w] the pooling weights (PCB: its stripes as 0/1 masks)
+    parts: torch.Tensor  # [B, P, C] pooled part features, before the part FC
+    conv50: torch.Tensor  # [B, C, h, w] the global branch's input
 
 
 def check_choice(option: str, value, choices) -> None:
@@ -50,7 +59,8 @@ class ReIDModel(nn.Module):
     def outputs(self, global_out: BranchOutput, local_out: Optional[BranchOutput] = None, masks=None) -> Output:
         """Eval: f_cat = [global feature, part features...]. Train: a dict with
         global_logits [B,K], local_logits (list of P [B,K]), triplet_feature (the global
-        embedding before BN), feature (f_cat) and, for PAN, masks [B,P,h,w]."""
+        embedding before BN), part_embeddings ([B,P,n_l] before BN, part models only),
+        feature (f_cat) and, for PAN, masks [B,P,h,w]."""
         feature = global_out.feature
         if local_out is not None:
             feature = torch.cat([feature, local_out.feature.flatten(1)], dim=1)
@@ -62,6 +72,8 @@ class ReIDModel(nn.Module):
             "triplet_feature": global_out.embedding,
             "feature": feature,
         }
+        if local_out is not None:
+            result["part_embeddings"] = local_out.embedding
         if masks is not None:
             result["masks"] = masks
         return result

@@ -13,6 +13,10 @@ Conv50 serves the global feature and the masks. Ablation switches:
   local_source "conv51" (default) | "conv50": "conv50" drops the buffer stage.
   mask_softmax normalise the masks over parts with a softmax (off in the paper).
   shared_fc    one FC for all parts (default) or one per part.
+Diagnostic switch, not in the paper:
+  mask_generator "conv" (default, the paper's 1x1 conv) | "stripes": PCB's fixed horizontal
+               stripes as 0/1 masks, pooled by PAN's own path. With num_parts=6 and
+               shared_fc=False this is PCB computed through pan_ops.weighted_pool.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from torch import nn
 import pan_ops
 
 from ..backbones import Pretrained
-from .base import Output, ReIDModel, buffer_copy, check_choice, check_positive
+from .base import LocalParts, Output, ReIDModel, buffer_copy, check_choice, check_positive
 from .heads import PartBranch
+from .pcb import stripe_masks
 
+MASK_GENERATORS = ("conv", "stripes")
 MASK_SOURCES = ("conv50", "conv40", "conv41")
 LOCAL_SOURCES = ("conv51", "conv50")
 POOL_EPS = 1e-6  # floor of a mask's total weight, so an all-zero mask pools to zeros
@@ -46,8 +52,12 @@ class PAN(ReIDModel):
         last_stride: int = 1,
         pretrained: Pretrained = None,
         pool_backend: str = "auto",
+        mask_generator: str = "conv",
     ):
         check_positive("num_parts", num_parts)
+        check_choice("mask_generator", mask_generator, MASK_GENERATORS)
+        if mask_generator == "stripes" and mask_softmax:
+            raise ValueError("mask_softmax=True needs learned masks; mask_generator='stripes' has fixed 0/1 stripes")
         check_positive("local_dim", local_dim)
         check_choice("mask_source", mask_source, MASK_SOURCES)
         check_choice("local_source", local_source, LOCAL_SOURCES)
@@ -66,7 +76,8 @@ class PAN(ReIDModel):
         self.conv41 = buffer_copy(self.backbone.conv4_stage) if mask_source == "conv41" else None
         self.conv51 = buffer_copy(self.backbone.conv5_stage) if local_source == "conv51" else None
         mask_channels = self.backbone.conv5_channels if mask_source == "conv50" else self.backbone.conv4_channels
-        self.mask_generator = nn.Conv2d(mask_channels, num_parts, kernel_size=1)
+        # (fixed stripes have no parameters: the model then initialises exactly like PCB)
+        self.mask_generator = nn.Conv2d(mask_channels, num_parts, kernel_size=1) if mask_generator == "conv" else None
         self.local_branch = PartBranch(num_parts, self.backbone.conv5_channels, local_dim, num_classes, shared_fc)
         self.feature_dim = global_dim + num_parts * local_dim
 
@@ -81,16 +92,24 @@ class PAN(ReIDModel):
         return maps
 
     def _masks(self, maps: dict) -> torch.Tensor:
-        masks = self.mask_generator(maps[self.mask_source])
+        source = maps[self.mask_source]
+        if self.mask_generator is None:
+            stripes = stripe_masks(self.num_parts, *source.shape[2:], source)
+            return stripes.expand(source.shape[0], -1, -1, -1)
+        masks = self.mask_generator(source)
         return masks.softmax(dim=1) if self.mask_softmax else masks
 
     def compute_masks(self, images: torch.Tensor) -> torch.Tensor:
         """The P part masks [B, P, h, w] the local branch pools with (for visualisation)."""
         return self._masks(self._feature_maps(images, need_local=False))
 
-    def forward(self, images: torch.Tensor) -> Output:
+    def local_parts(self, images: torch.Tensor) -> LocalParts:
         maps = self._feature_maps(images)
         masks = self._masks(maps)
         local_map = maps[self.local_source]
         parts = pan_ops.weighted_pool(local_map, masks, POOL_EPS, backend=self.pool_backend)
-        return self.outputs(self.global_branch(maps["conv50"]), self.local_branch(parts), masks)
+        return LocalParts(local_map, masks, parts, maps["conv50"])
+
+    def forward(self, images: torch.Tensor) -> Output:
+        local = self.local_parts(images)
+        return self.outputs(self.global_branch(local.conv50), self.local_branch(local.parts), local.masks)

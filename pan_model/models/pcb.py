@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones import Pretrained
-from .base import Output, ReIDModel, buffer_copy, check_choice, check_positive
+from .base import LocalParts, Output, ReIDModel, buffer_copy, check_choice, check_positive
 from .heads import PartBranch
 
 
@@ -36,9 +36,25 @@ class PCB(ReIDModel):
         self.local_branch = PartBranch(num_parts, self.backbone.conv5_channels, local_dim, num_classes, shared_fc)
         self.feature_dim = global_dim + num_parts * local_dim
 
-    def forward(self, images: torch.Tensor) -> Output:
+    def local_parts(self, images: torch.Tensor) -> LocalParts:
         conv40 = self.backbone.conv4_stage(self.backbone.forward_to_conv3(images))
         conv50 = self.backbone.conv5_stage(conv40)
         local_map = conv50 if self.conv51 is None else self.conv51(conv40)
         stripes = F.adaptive_avg_pool2d(local_map, (self.num_parts, 1)).flatten(2).transpose(1, 2)  # [B, P, C]
-        return self.outputs(self.global_branch(conv50), self.local_branch(stripes))
+        masks = stripe_masks(self.num_parts, *local_map.shape[2:], local_map).expand(local_map.shape[0], -1, -1, -1)
+        return LocalParts(local_map, masks, stripes, conv50)
+
+    def forward(self, images: torch.Tensor) -> Output:
+        local = self.local_parts(images)
+        return self.outputs(self.global_branch(local.conv50), self.local_branch(local.parts))
+
+
+def stripe_masks(num_parts: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """[1, P, height, width] 0/1 masks of PCB's horizontal stripes: the rows that
+    adaptive_avg_pool2d(., (P, 1)) averages for each part (overlapping when P does not
+    divide height), in `like`'s dtype and device."""
+    masks = torch.zeros(1, num_parts, height, width, dtype=like.dtype, device=like.device)
+    for part in range(num_parts):
+        start, end = (part * height) // num_parts, -((-(part + 1) * height) // num_parts)
+        masks[0, part, start:end] = 1
+    return masks
