@@ -1,41 +1,51 @@
-"""How different are a trained PAN's part masks? Loads a checkpoint, computes the P masks of
-every query image of its dataset and prints the mean absolute correlation between different
-masks (per image, over the mask's positions, then averaged over images) and how much of the
-mean correlation matrix its leading eigenvalues hold. Fourteen distinct parts give small
-correlations and a flat spectrum; masks that collapsed onto one pattern give |corr| near 1.
+"""What a trained PAN (or PCB) checkpoint's local branch learned, on its dataset's queries:
+are the P masks distinct parts or one map many times over, is each part feature more than
+global average pooling, and what does each slice of the retrieval feature score on its own?
+(pan_model.diagnostics defines every figure.)
 
-    python benchmarks/mask_diversity.py runs/demo/model_best.pt
+    python benchmarks/mask_diversity.py runs/demo/model_best.pt [more checkpoints ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
-import torch
-
+from pan_model.diagnostics import part_diagnostics
 from pan_model.engine import load_model
 from pan_model.engine.loaders import build_test_loader, prepare_dataset
-from pan_model.losses import mask_correlations
-from pan_model.models import get_masks
+
+
+def describe(stats: dict) -> str:
+    lines = []
+    if "mean_abs_corr" in stats:
+        lines += [
+            f"mean |correlation| between different masks: {stats['mean_abs_corr']:.3f} "
+            f"(leading eigenvalue holds {stats['leading_eigenvalue']:.1%})",
+            f"mean overlap of |masks| (uncentred): {stats['mean_overlap']:.3f}",
+            f"constant component's share of a mask's energy: {stats['constant_share']:.1%} "
+            f"(contrast {1 - stats['constant_share']:.1%}); single-signed masks: {stats['single_signed']:.0%}",
+        ]
+    if "cos_part_gap" in stats:
+        lines.append(f"cosine(part feature, GAP of the same map): {stats['cos_part_gap']:.3f}")
+    scores = stats["slice_scores"]
+    cells = [f"{name} {100 * value['rank1']:.1f}" for name, value in scores.items()]
+    lines.append("Rank-1 (%) by slice of f_cat: " + ", ".join(cells))
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a PAN checkpoint (model_best.pt or checkpoint_last.pt)")
+    parser.add_argument("checkpoints", nargs="+", help="PAN or PCB checkpoints (model_best.pt or checkpoint_last.pt)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
 
-    model, config = load_model(args.checkpoint)
-    queries = build_test_loader(config, prepare_dataset(config).query)
-    masks = torch.cat([get_masks(model, images) for images, *_ in queries])
-    corr = mask_correlations(masks.double()).mean(0)  # [P, P], averaged over the images
-    parts = corr.shape[0]
-    between = corr[~torch.eye(parts, dtype=torch.bool)].abs()
-    spectrum = torch.linalg.eigvalsh(corr).flip(0)
-    spectrum = spectrum / spectrum.sum()
-    print(f"{masks.shape[0]} query images, masks {tuple(masks.shape[1:])}")
-    above = (between > 0.9).float().mean()
-    print(f"mean |correlation| between different masks: {between.mean():.3f} (pairs above 0.9: {above:.0%})")
-    print("share of the leading eigenvalues: " + ", ".join(f"{v:.3f}" for v in spectrum[:5].tolist()))
+    for path in args.checkpoints:
+        model, config = load_model(path)
+        dataset = prepare_dataset(config)
+        queries = build_test_loader(config, dataset.query)
+        stats = part_diagnostics(model, queries, build_test_loader(config, dataset.gallery))
+        print(json.dumps({"checkpoint": path, **stats}) if args.json else f"{path}\n{describe(stats)}\n")
     return 0
 
 
