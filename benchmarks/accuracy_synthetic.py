@@ -55,6 +55,8 @@ MODELS = {
         "PAN's path with PCB's stripes as fixed masks (diagnostic)",
         ["model.mask_generator=stripes", "model.num_parts=6", "model.shared_fc=false"],
     ),
+    "pan_pcb_head": ("PAN with PCB's head: 6 learned masks, one FC each (diagnostic)", ["model.num_parts=6", "model.shared_fc=false"]),
+    "pan_stripes14": ("PAN's head on 14 fixed stripes (diagnostic)", ["model.mask_generator=stripes"]),
     "pan_triplet_all": ("PAN, triplet on [global, parts] (not in the paper)", ["loss.triplet_on=all"]),
     "pan_mask_lr": ("PAN, mask generator at lr x 0.1 (not in the paper)", ["optim.mask_lr_factor=0.1"]),
     "pan_overlap": ("PAN + mask overlap term, w = 1 (not in the paper)", ["loss.mask_overlap_weight=1.0"]),

@@ -33,11 +33,12 @@ def _layout_digest(state_dict):
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@pytest.fixture(scope="module")
-def torchvision_resnet():
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
-    with torch.no_grad():  # non-trivial BN statistics so that loading them matters
+def _random_torchvision_model(builder, seed):
+    """A torchvision model with random weights and non-trivial BN statistics, so that
+    loading them matters."""
+    torch.manual_seed(seed)
+    model = builder(weights=None).eval()
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.3, 0.3)
@@ -47,15 +48,23 @@ def torchvision_resnet():
 
 
 @pytest.fixture(scope="module")
+def torchvision_resnet():
+    return _random_torchvision_model(torchvision.models.resnet50, seed=0)
+
+
+@pytest.fixture(scope="module")
 def resnet_checkpoint(tmp_path_factory, torchvision_resnet):
     path = tmp_path_factory.mktemp("weights") / "resnet50-random.pth"
     torch.save(torchvision_resnet.state_dict(), path)
     return path
 
 
-def test_resnet_state_dict_is_torchvisions_without_fc(torchvision_resnet):
-    ours = build_backbone("resnet50").state_dict()
-    theirs = {k: v for k, v in torchvision_resnet.state_dict().items() if not k.startswith("fc.")}
+@pytest.mark.parametrize(
+    "name, torchvision_model, head", [("resnet50", "torchvision_resnet", "fc."), ("mobilenetv2_x1_0", "torchvision_mobilenet", "classifier.")]
+)
+def test_state_dict_is_torchvisions_without_the_head(name, torchvision_model, head, request):
+    ours = build_backbone(name).state_dict()
+    theirs = {k: v for k, v in request.getfixturevalue(torchvision_model).state_dict().items() if not k.startswith(head)}
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
 
 
@@ -200,21 +209,7 @@ def test_bad_backbone_arguments():
 # ---- MobileNetV2 ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torchvision_mobilenet():
-    torch.manual_seed(1)
-    model = torchvision.models.mobilenet_v2(weights=None).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.3, 0.3)
-                m.running_var.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-    return model
-
-
-def test_mobilenetv2_state_dict_is_torchvisions_without_classifier(torchvision_mobilenet):
-    ours = build_backbone("mobilenetv2_x1_0").state_dict()
-    theirs = {k: v for k, v in torchvision_mobilenet.state_dict().items() if not k.startswith("classifier.")}
-    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
+    return _random_torchvision_model(torchvision.models.mobilenet_v2, seed=1)
 
 
 @pytest.mark.parametrize("last_stride, conv5_size", [(1, (6, 3)), (2, (3, 2))])

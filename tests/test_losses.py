@@ -161,27 +161,30 @@ def test_mask_decorrelation_is_one_for_one_map_and_zero_for_uncorrelated_maps():
     basis, _ = torch.linalg.qr(columns.double())
     uncorrelated = basis[:, 1:].t().reshape(1, 4, 5, 3).float() + 0.7
     assert MaskDecorrelationLoss()(uncorrelated).item() < 1e-10
+    with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(8, 1, 6\)"):
+        MaskDecorrelationLoss()(torch.randn(8, 1, 6))
 
 
-def test_reid_loss_adds_weighted_mask_decorrelation_only_when_asked():
+@pytest.mark.parametrize(
+    "term, reference", [("mask_decorrelation", "_mean_squared_mask_correlation_reference"), ("mask_overlap", "_mean_mask_overlap_reference")]
+)
+def test_reid_loss_adds_a_weighted_mask_term_only_when_asked(term, reference):
     generator = torch.Generator().manual_seed(10)
     masks = torch.randn(8, 3, 6, 4, generator=generator, requires_grad=True)
     outputs = {**_outputs(8, 4, 3, generator), "masks": masks}
     targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     paper_total, paper_components = ReIDLoss()(outputs, targets)
-    assert "mask_decorrelation" not in paper_components
-    total, components = ReIDLoss(mask_decorrelation_weight=0.3)(outputs, targets)
-    expected = _mean_squared_mask_correlation_reference(outputs["masks"].detach())
-    assert components["mask_decorrelation"].item() == pytest.approx(expected, rel=1e-5)
+    assert term not in paper_components
+    total, components = ReIDLoss(**{f"{term}_weight": 0.3})(outputs, targets)
+    expected = globals()[reference](masks.detach())
+    assert components[term].item() == pytest.approx(expected, rel=1e-5)
     assert total.item() == pytest.approx(paper_total.item() + 0.3 * expected, rel=1e-6)
     total.backward()
-    assert outputs["masks"].grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="mask_decorrelation_weight"):
-        ReIDLoss(mask_decorrelation_weight=-1.0)
-    with pytest.raises(ValueError, match="needs the part masks of a PAN model"):
-        ReIDLoss(mask_decorrelation_weight=0.3)(_outputs(8, 4, 3, generator), targets)
-    with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(8, 1, 6\)"):
-        MaskDecorrelationLoss()(torch.randn(8, 1, 6))
+    assert masks.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=f"{term}_weight must be >= 0"):
+        ReIDLoss(**{f"{term}_weight": -1.0})
+    with pytest.raises(ValueError, match=f"{term}_weight > 0 needs the part masks of a PAN model"):
+        ReIDLoss(**{f"{term}_weight": 0.3})(_outputs(8, 4, 3, generator), targets)
 
 
 def _mean_mask_overlap_reference(masks):
@@ -215,25 +218,6 @@ def test_mask_overlap_matches_reference_and_sees_what_correlation_misses():
     assert MaskOverlapLoss()(disjoint).item() == 0.0
     with pytest.raises(ValueError, match=r"masks \[B, P>=2, h, w\], got \(2, 1, 6, 4\)"):
         MaskOverlapLoss()(torch.randn(2, 1, 6, 4))
-
-
-def test_reid_loss_adds_weighted_mask_overlap_only_when_asked():
-    generator = torch.Generator().manual_seed(14)
-    masks = torch.randn(8, 3, 6, 4, generator=generator, requires_grad=True)
-    outputs = {**_outputs(8, 4, 3, generator), "masks": masks}
-    targets = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    paper_total, paper_components = ReIDLoss()(outputs, targets)
-    assert "mask_overlap" not in paper_components
-    total, components = ReIDLoss(mask_overlap_weight=0.5)(outputs, targets)
-    expected = _mean_mask_overlap_reference(masks.detach())
-    assert components["mask_overlap"].item() == pytest.approx(expected, rel=1e-5)
-    assert total.item() == pytest.approx(paper_total.item() + 0.5 * expected, rel=1e-6)
-    total.backward()
-    assert masks.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="mask_overlap_weight must be >= 0"):
-        ReIDLoss(mask_overlap_weight=-0.1)
-    with pytest.raises(ValueError, match="mask_overlap_weight > 0 needs the part masks"):
-        ReIDLoss(mask_overlap_weight=0.5)(_outputs(8, 4, 3, generator), targets)
 
 
 def test_triplet_on_all_uses_global_and_part_embeddings():
