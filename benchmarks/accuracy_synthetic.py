@@ -10,6 +10,7 @@ also get pan_model.diagnostics (mask diversity, parts vs GAP, Rank-1 per feature
     python benchmarks/accuracy_synthetic.py --jobs 2                        # configs/demo_cpu.yaml, 3 seeds
     python benchmarks/accuracy_synthetic.py --models pan pan_stripes --seeds 0
     python benchmarks/accuracy_synthetic.py --config configs/synthetic_scratch_osnet.yaml  # the earlier study
+    python benchmarks/accuracy_synthetic.py --tables-from runs/*/runs.json   # tables of finished runs
 
 Models (--models): the three architectures and PAN variants, each one config switch away from
 "pan" (the ones outside the paper are diagnostics, named as such).
@@ -142,6 +143,30 @@ def summarise(runs: list, names: list) -> str:
     return "\n".join(lines)
 
 
+DIAGNOSTICS = (
+    ("constant share", "constant_share"),
+    ("single-signed", "single_signed"),
+    ("overlap", "mean_overlap"),
+    ("abs. corr.", "mean_abs_corr"),
+    ("cos(part, GAP)", "cos_part_gap"),
+)
+SLICES = (("global", "global"), ("all parts", "parts"), ("one part (mean)", "part_mean"), ("best part", "part_max"))
+
+
+def summarise_diagnostics(runs: list, names: list) -> str:
+    """Means over seeds of pan_model.diagnostics: mask statistics, then occluded Rank-1 by slice of f_cat."""
+    header = [title for title, _ in DIAGNOSTICS] + [f"Rank-1 {title} (%)" for title, _ in SLICES]
+    lines = ["| model | " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(header)]
+    for name in names:
+        mine = [r["diagnostics"] for r in runs if r["model"] == name and "diagnostics" in r]
+        if not mine:
+            continue
+        cells = [f"{statistics.mean(d[key] for d in mine):.2f}" if key in mine[0] else "-" for _, key in DIAGNOSTICS]
+        cells += [f"{100 * statistics.mean(d['slice_scores'][key]['rank1'] for d in mine):.1f}" for _, key in SLICES]
+        lines.append(f"| {MODELS[name][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
@@ -153,7 +178,16 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="runs trained at the same time, one thread each")
     parser.add_argument("--reduced", action="store_true", help=f"a smaller budget: {' '.join(REDUCED)}")
     parser.add_argument("--output", type=Path, default=Path("runs/accuracy_synthetic"))
+    parser.add_argument(
+        "--tables-from", nargs="+", type=Path, metavar="RUNS_JSON", help="print the tables of earlier runs.json files; train nothing"
+    )
     args = parser.parse_args(argv)
+    if args.tables_from:
+        runs = [run for path in args.tables_from for run in json.loads(path.read_text())]
+        names = [name for name in MODELS if any(run["model"] == name for run in runs)]
+        print(summarise(runs, names))
+        print(summarise_diagnostics(runs, names))
+        return 0
 
     overrides = [*(REDUCED if args.reduced else []), *args.overrides]
     config = load_config(args.config, overrides)
@@ -178,6 +212,7 @@ def main(argv=None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
     print(summarise(runs, args.models))
+    print(summarise_diagnostics(runs, args.models))
     return 0
 
 
