@@ -36,17 +36,22 @@ class PCB(ReIDModel):
         self.local_branch = PartBranch(num_parts, self.backbone.conv5_channels, local_dim, num_classes, shared_fc)
         self.feature_dim = global_dim + num_parts * local_dim
 
-    def local_parts(self, images: torch.Tensor) -> LocalParts:
+    def _pool(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(Conv50, the map the stripes pool, the stripes [B, P, C])."""
         conv40 = self.backbone.conv4_stage(self.backbone.forward_to_conv3(images))
         conv50 = self.backbone.conv5_stage(conv40)
         local_map = conv50 if self.conv51 is None else self.conv51(conv40)
-        stripes = F.adaptive_avg_pool2d(local_map, (self.num_parts, 1)).flatten(2).transpose(1, 2)  # [B, P, C]
+        stripes = F.adaptive_avg_pool2d(local_map, (self.num_parts, 1)).flatten(2).transpose(1, 2)
+        return conv50, local_map, stripes
+
+    def local_parts(self, images: torch.Tensor) -> LocalParts:
+        conv50, local_map, stripes = self._pool(images)
         masks = stripe_masks(self.num_parts, *local_map.shape[2:], local_map).expand(local_map.shape[0], -1, -1, -1)
         return LocalParts(local_map, masks, stripes, conv50)
 
     def forward(self, images: torch.Tensor) -> Output:
-        local = self.local_parts(images)
-        return self.outputs(self.global_branch(local.conv50), self.local_branch(local.parts))
+        conv50, _, stripes = self._pool(images)
+        return self.outputs(self.global_branch(conv50), self.local_branch(stripes))
 
 
 def stripe_masks(num_parts: int, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
