@@ -35,6 +35,7 @@ import torch  # noqa: E402
 from pan_model.config import load_config  # noqa: E402
 from pan_model.diagnostics import part_diagnostics  # noqa: E402
 from pan_model.engine import load_model, train  # noqa: E402
+from pan_model.engine.trainer import select_device  # noqa: E402
 from pan_model.engine.loaders import build_test_loader, prepare_dataset  # noqa: E402
 from pan_model.evaluation import evaluate_features, extract_features  # noqa: E402
 
@@ -81,18 +82,26 @@ def holistic_queries(config) -> list:
 
 def evaluate_run(checkpoint: Path, config) -> dict:
     """Scores of a trained model on occluded and holistic queries (one gallery), plus the
-    part diagnostics of part models."""
-    model, _ = load_model(checkpoint)
+    part diagnostics of part models (on the occluded queries' features, extracted once)."""
+    device = select_device(config.train.device)
+    model, _ = load_model(checkpoint, map_location=device)
     dataset = prepare_dataset(config)
-    gallery_loader = build_test_loader(config, dataset.gallery)
-    gallery = extract_features(model, gallery_loader, "cpu")
+    loaders = {
+        "gallery": build_test_loader(config, dataset.gallery),
+        "occluded": build_test_loader(config, dataset.query),
+        "holistic": build_test_loader(config, holistic_queries(config)),
+    }
+    features = {name: extract_features(model, loader, device) for name, loader in loaders.items()}
+    gallery = features["gallery"]
     result = {}
-    for name, queries in (("occluded", dataset.query), ("holistic", holistic_queries(config))):
-        query = extract_features(model, build_test_loader(config, queries), "cpu")
+    for name in ("occluded", "holistic"):
+        query = features[name]
         scores = evaluate_features(query[0], gallery[0], query[1], gallery[1], query[2], gallery[2])
         result[name] = {key: scores[key] for key in ("rank1", "mAP", "mINP")}
     if config.model.arch != "global":
-        result["diagnostics"] = part_diagnostics(model, build_test_loader(config, dataset.query), gallery_loader)
+        result["diagnostics"] = part_diagnostics(
+            model, loaders["occluded"], loaders["gallery"], device, features["occluded"], gallery
+        )
     return result
 
 

@@ -53,8 +53,8 @@ def mask_statistics(masks: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def part_feature_statistics(model: torch.nn.Module, loader: Iterable, device) -> dict:
-    """cos_part_gap, and the masks of every image of `loader` (for mask_statistics)."""
+def part_feature_statistics(model: torch.nn.Module, loader: Iterable, device) -> tuple[dict, torch.Tensor]:
+    """({"cos_part_gap": ...}, the masks [N, P, h, w] of every image of `loader`)."""
     model = unwrap_model(model)
     was_training = model.training
     model.eval()
@@ -96,10 +96,13 @@ def slice_scores(model, query_features, gallery_features, q_pids, g_pids, q_cami
     return scores
 
 
-def part_diagnostics(model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, device="cpu") -> dict:
-    """Everything in the module docstring for `model` on these query and gallery images."""
-    query = extract_features(model, query_loader, device)
-    gallery = extract_features(model, gallery_loader, device)
+def part_diagnostics(
+    model: torch.nn.Module, query_loader: Iterable, gallery_loader: Iterable, device="cpu", query=None, gallery=None
+) -> dict:
+    """Everything in the module docstring for `model` on these query and gallery images.
+    `query` / `gallery`: their extract_features results when the caller has them already."""
+    query = query or extract_features(model, query_loader, device)
+    gallery = gallery or extract_features(model, gallery_loader, device)
     result = {"slice_scores": slice_scores(model, query[0], gallery[0], query[1], gallery[1], query[2], gallery[2])}
     plain = unwrap_model(model)
     if hasattr(plain, "local_parts"):
