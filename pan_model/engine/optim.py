@@ -25,15 +25,15 @@ def build_optimizer(
     (not in the paper; the schedule scales both groups alike)."""
     if mask_lr_factor <= 0:
         raise ValueError(f"build_optimizer: mask_lr_factor must be > 0, got {mask_lr_factor}")
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    masks = [p for n, p in named if n.startswith("mask_generator.")]
-    if mask_lr_factor != 1.0 and not masks:
-        raise ValueError(f"build_optimizer: mask_lr_factor={mask_lr_factor} needs a model with a learned mask generator")
-    if mask_lr_factor == 1.0 or not masks:
-        parameters = [p for _, p in named]
-    else:
-        rest = [p for n, p in named if not n.startswith("mask_generator.")]
-        parameters = [{"params": rest}, {"params": masks, "lr": lr * mask_lr_factor}]
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if mask_lr_factor != 1.0:
+        generator = getattr(model, "mask_generator", None)
+        masks = {id(p) for p in generator.parameters()} if generator is not None else set()
+        if not masks:
+            raise ValueError(f"build_optimizer: mask_lr_factor={mask_lr_factor} needs a model with a learned mask generator")
+        rest = [p for p in parameters if id(p) not in masks]
+        mask_params = [p for p in parameters if id(p) in masks]
+        parameters = [{"params": rest}, {"params": mask_params, "lr": lr * mask_lr_factor}]
     if name == "adam":
         return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
     if name == "adamw":
