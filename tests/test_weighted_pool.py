@@ -1,4 +1,4 @@
-"""The contract of pan_ops.weighted_pool (DESIGN.md section 2), for every backend
+"""The contract of pan_ops.weighted_pool (docs/DESIGN.md §2), for every backend
 that can run here, against a float64 ground truth on random inputs."""
 
 import math

@@ -1,4 +1,4 @@
-r"""The Part-Aware Network (PAN), DESIGN.md section 4.
+r"""The Part-Aware Network (PAN), docs/DESIGN.md §5.
 
     images -> conv1..conv3 -> Conv40 -> Conv50 -> GMP -> FC -> BN             global feature (N_g)
                                 |         \-> 1x1 conv (mask generator) -> masks M [B, P, h, w]
