@@ -54,6 +54,62 @@ def _device(name: str) -> torch.device:
     return select_device(name)
 
 
+# ---- synth -------------------------------------------------------------------------------
+DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
+
+
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
+    from .data.synthetic import SyntheticConfig
+
+    defaults = SyntheticConfig()
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "root",
+        nargs="?",
+        help=f"output folder for bounding_box_train, query, bounding_box_test (default {DEFAULT_SYNTHETIC_ROOT})",
+    )
+    where.add_argument("--root", dest="root_option", metavar="ROOT", help="the output folder, as an option")
+    parser.add_argument("--num-ids", type=int, default=defaults.num_ids, help="identities, half train and half test")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--holistic", action="store_true", help="no occluders (the same images otherwise)")
+    parser.add_argument("--num-cameras", type=int, default=defaults.num_cameras)
+    parser.add_argument("--cameras-per-id", type=int, nargs=2, default=defaults.cameras_per_id, metavar=("MIN", "MAX"))
+    parser.add_argument(
+        "--images-per-camera", type=int, nargs=2, default=defaults.images_per_camera, metavar=("MIN", "MAX")
+    )
+    parser.add_argument("--queries-per-id", type=int, default=defaults.queries_per_id)
+    parser.add_argument("--num-distractors", type=int, default=defaults.num_distractors)
+    parser.add_argument("--height", type=int, default=defaults.height)
+    parser.add_argument("--width", type=int, default=defaults.width)
+    parser.add_argument("--train-occlusion", type=float, default=defaults.train_occlusion)
+    parser.add_argument("--gallery-occlusion", type=float, default=defaults.gallery_occlusion)
+    parser.add_argument("--query-occlusion", type=float, default=defaults.query_occlusion)
+    parser.add_argument(
+        "--overwrite", action="store_true", help="regenerate even if the folder already holds this dataset"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+
+
+def cmd_synth(args) -> int:
+    from dataclasses import fields
+
+    from .data import build_dataset, synthetic
+
+    # Every option named after a SyntheticConfig field is passed on as it is.
+    names = [field.name for field in fields(synthetic.SyntheticConfig)]
+    options = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    root = synthetic.generate(
+        args.root or args.root_option or DEFAULT_SYNTHETIC_ROOT,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+        occluded=not args.holistic,
+        **options,
+    )
+    if not args.quiet:
+        print(build_dataset("synthetic", root).summary())
+    return 0
+
+
 # ---- train -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .engine.checkpoint import load_checkpoint
@@ -315,7 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("synth", help="write the synthetic occluded dataset (pan-reid synth --help)", add_help=False)
+    synth = commands.add_parser(
+        "synth",
+        help="write the synthetic occluded dataset",
+        description="Write a synthetic occluded ReID dataset in the Market-1501 layout.",
+    )
+    _synth_arguments(synth)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", nargs="?", help="YAML config (configs/*.yaml)")
@@ -374,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
+    "synth": cmd_synth,
     "train": cmd_train,
     "eval": cmd_eval,
     "profile": cmd_profile,
@@ -385,11 +447,6 @@ COMMANDS = {
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["synth"]:  # the data module owns its own arguments
-        from .data import synthetic
-
-        return synthetic.main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     from .engine.trainer import NonFiniteLossError
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pan_model import cli
 from pan_model.data import build_dataset, synthetic
 from pan_model.metrics import compute_distance_matrix, evaluate_rank
 
@@ -142,9 +143,9 @@ def test_invalid_options_name_the_parameter(tmp_path):
 
 def test_command_line(tmp_path, capsys):
     argv = [str(tmp_path / "cli"), "--num-ids", "6", "--num-distractors", "3", "--height", "32", "--width", "16", "--holistic", "--quiet"]
-    assert synthetic.main(argv) == 0
+    assert cli.main(["synth", *argv]) == 0
     parameters = synthetic.read_metadata(tmp_path / "cli")["parameters"]
     assert parameters["num_ids"] == 6 and parameters["occluded"] is False and parameters["height"] == 32
     assert capsys.readouterr().out == ""
-    assert synthetic.main(["--root", str(tmp_path / "cli2"), "--num-ids", "4", "--height", "32", "--width", "16"]) == 0
+    assert cli.main(["synth", "--root", str(tmp_path / "cli2"), "--num-ids", "4", "--height", "32", "--width", "16"]) == 0
     assert "query" in capsys.readouterr().out and synthetic.read_metadata(tmp_path / "cli2")["complete"]

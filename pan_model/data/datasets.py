@@ -17,7 +17,6 @@ one into (image, pid, camid, img_path) samples.
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,7 @@ from typing import Callable, NamedTuple, Optional
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-NAME_PATTERN = re.compile(r"^(-?\d+)_c(\d+)")
-JUNK_PID = -1
+from .layout import IMAGE_EXTENSIONS, JUNK_PID, NAME_PATTERN, SPLIT_FOLDERS, read_synthetic_metadata
 
 
 class Item(NamedTuple):
@@ -174,9 +170,7 @@ def relabel(items: list) -> list:
 
 def _synthetic_counts(folder: Path) -> Optional[SplitCounts]:
     """The counts the generator recorded (None for a folder it did not write)."""
-    from .synthetic import read_metadata
-
-    metadata = read_metadata(folder)
+    metadata = read_synthetic_metadata(folder)
     if metadata is None:
         return None
     if not metadata.get("complete"):
