@@ -1,5 +1,6 @@
-// Schema of the pan_ops library, the input checks shared by all kernels, and the
-// autocast rule. Device kernels register themselves in csrc/cpu and csrc/cuda.
+// Schema of the pan_ops library, the input checks of the compiled kernels, and the
+// autocast rule (docs/DESIGN.md §3). Device kernels register themselves in csrc/cpu and
+// csrc/cuda; the Triton kernels in pan_ops/_library.py.
 #include "weighted_pool.h"
 
 #include <ATen/autocast_mode.h>
@@ -48,19 +49,33 @@ void check_forward_inputs(const at::Tensor& features, const at::Tensor& masks, d
   TORCH_CHECK_VALUE(eps > 0, "weighted_pool: eps must be > 0, got ", eps);
 }
 
+void check_backend(c10::string_view backend, c10::DeviceType device, const at::Tensor& features) {
+  const std::string own = c10::DeviceTypeName(device, /*lower_case=*/true);
+  if (backend == "auto" || backend == own) return;
+  TORCH_CHECK_VALUE(backend == "cpu" || backend == "cuda" || backend == "triton",
+                    "weighted_pool: backend must be one of ('auto', 'cpu', 'cuda', 'triton') for the op "
+                    "(the pure-PyTorch 'reference' is pan_ops.weighted_pool's), got '", backend, "'");
+  TORCH_CHECK(backend != "triton",
+              "weighted_pool: backend='triton' cannot run on ", features.device(),
+              " tensors here: it needs the triton package (pip install triton), and for CPU tensors "
+              "Triton's interpreter (TRITON_INTERPRET=1 set before triton is imported)");
+  TORCH_CHECK(false, "weighted_pool: backend='", backend, "' needs ", backend, " tensors, got features on ",
+              features.device(), " (shape ", shape_str(features), ")");
+}
+
 void check_backward_inputs(const at::Tensor& grad, const at::Tensor& features,
                            const at::Tensor& masks, double eps) {
   check_forward_inputs(features, masks, eps);
   const std::vector<int64_t> expected = output_shape(features, masks);
   TORCH_CHECK_VALUE(grad.sizes() == at::IntArrayRef(expected),
-                    "weighted_pool_backward: grad must have shape [B,P,C] = ", at::IntArrayRef(expected),
+                    "weighted_pool backward: grad must have shape [B,P,C] = ", at::IntArrayRef(expected),
                     ", got ", shape_str(grad), " (features ", shape_str(features), ", masks ",
                     shape_str(masks), ")");
   TORCH_CHECK_TYPE(grad.scalar_type() == features.scalar_type(),
-                   "weighted_pool_backward: grad must have the dtype of features (", features.scalar_type(),
+                   "weighted_pool backward: grad must have the dtype of features (", features.scalar_type(),
                    "), got ", grad.scalar_type());
   TORCH_CHECK(grad.device() == features.device(),
-              "weighted_pool_backward: grad must be on the device of features (", features.device(),
+              "weighted_pool backward: grad must be on the device of features (", features.device(),
               "), got ", grad.device());
 }
 
@@ -68,23 +83,27 @@ namespace {
 
 // Under torch.autocast both inputs go to the autocast dtype, as for a matmul.
 template <c10::DeviceType device_type>
-at::Tensor weighted_pool_autocast(const at::Tensor& features, const at::Tensor& masks, double eps) {
+at::Tensor weighted_pool_autocast(const at::Tensor& features, const at::Tensor& masks, double eps,
+                                  c10::string_view backend) {
   constexpr auto key = device_type == c10::DeviceType::CUDA ? c10::DispatchKey::AutocastCUDA
                                                             : c10::DispatchKey::AutocastCPU;
   c10::impl::ExcludeDispatchKeyGuard no_autocast(key);
   const auto dtype = at::autocast::get_autocast_dtype(device_type);
   static auto op = c10::Dispatcher::singleton()
                        .findSchemaOrThrow("pan_ops::weighted_pool", "")
-                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double)>();
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&, double, c10::string_view)>();
   return op.call(at::autocast::cached_cast(dtype, features, device_type),
-                 at::autocast::cached_cast(dtype, masks, device_type), eps);
+                 at::autocast::cached_cast(dtype, masks, device_type), eps, backend);
 }
 
 }  // namespace
 
 TORCH_LIBRARY(pan_ops, m) {
-  m.def("weighted_pool(Tensor features, Tensor masks, float eps=1e-06) -> Tensor");
-  m.def("weighted_pool_backward(Tensor grad, Tensor features, Tensor masks, float eps) -> (Tensor, Tensor)");
+  m.def("weighted_pool(Tensor features, Tensor masks, float eps=1e-06, str backend=\"auto\") -> Tensor");
+  // Private: the gradient kernels, called by the op's autograd formula (pan_ops/_library.py).
+  m.def(
+      "_weighted_pool_backward(Tensor grad, Tensor features, Tensor masks, float eps, str backend=\"auto\") "
+      "-> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(pan_ops, AutocastCPU, m) {

@@ -1,10 +1,7 @@
-// Shared declarations of the pan_ops weighted-pool op.
+// Shared declarations of the pan_ops::weighted_pool op (contract: docs/DESIGN.md §2).
 //
-//   S[b,p]   = max(sum_hw |M[b,p,h,w]|, eps)
-//   f[b,p,c] = sum_hw F[b,c,h,w] * M[b,p,h,w] / S[b,p]
-//
-// Every device kernel validates its inputs with the checks below, so a direct
-// torch.ops.pan_ops.* call gets the same clear errors as the Python wrapper.
+// Every compiled kernel validates its inputs with the checks below, once per call, so a
+// direct torch.ops.pan_ops.* call gets the same clear errors as the Python wrapper.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -15,6 +12,11 @@ namespace pan_ops {
 
 // features [B,C,H,W], masks [B,P,H,W], same floating dtype and device, eps > 0.
 void check_forward_inputs(const at::Tensor& features, const at::Tensor& masks, double eps);
+
+// The kernel a `backend` argument asks for can run in the compiled kernel for `device`:
+// "auto" or the device's own name. Anything else fails with an error that says what
+// would run it ("triton" is served from Python, see pan_ops/_library.py).
+void check_backend(c10::string_view backend, c10::DeviceType device, const at::Tensor& features);
 
 // grad [B,P,C] plus the forward inputs.
 void check_backward_inputs(const at::Tensor& grad, const at::Tensor& features,

@@ -1,10 +1,8 @@
 """pan_ops: fused mask-weighted pooling (the PAN part pooling) for PyTorch.
 
-    out[b,p,c] = sum_hw F[b,c,h,w] M[b,p,h,w] / max(sum_hw |M[b,p,h,w]|, eps)
-
-One registered op, torch.ops.pan_ops.weighted_pool, with C++ CPU and CUDA kernels,
-a Triton implementation, a hand-written fused backward, fake kernels, autocast and
-a FLOP formula. See DESIGN.md section 2 for the exact contract.
+One registered op, torch.ops.pan_ops.weighted_pool, with C++ CPU and CUDA kernels and
+Triton kernels behind one dispatch rule, a hand-written fused backward, fake kernels,
+autocast and a FLOP formula. Contract and design: docs/DESIGN.md §2-§4.
 """
 
 from . import _library, reference

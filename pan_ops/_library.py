@@ -1,10 +1,18 @@
-"""Loads the compiled kernels (pan_ops._C) and teaches PyTorch the rest of the op:
-fake kernels for tracing, autograd, and the FLOP formula for
-torch.utils.flop_counter. The schema and autocast rule live in
-csrc/weighted_pool.cpp; device kernels in csrc/cpu and csrc/cuda."""
+"""How PyTorch knows the op (docs/DESIGN.md §3).
+
+The compiled library pan_ops._C defines the schema of the one public op,
+torch.ops.pan_ops.weighted_pool(features, masks, eps=1e-6, backend="auto"), and of its
+private backward, torch.ops.pan_ops._weighted_pool_backward; it registers the C++ CPU and
+CUDA kernels and the autocast rule. This module registers the rest, once each: the fake
+kernels, the autograd formula, the FLOP formulas, and the Triton kernels on their
+dispatch keys.
+"""
 
 import torch
 from torch.utils.flop_counter import register_flop_formula
+
+from . import triton_kernels
+from ._validation import check_grad, check_inputs
 
 
 def _schema_registered() -> bool:
@@ -24,9 +32,9 @@ if not _schema_registered():
 HAS_EXTENSION = _schema_registered()
 
 
-# Dispatch keys the compiled library has kernels for, read once: torch.compile cannot
-# trace the dispatcher query, and the answer does not change after loading.
-KERNEL_KEYS = frozenset(
+# Dispatch keys the compiled library has kernels for, read once and before the Triton
+# kernels take their place on the keys: torch.compile cannot trace the dispatcher query.
+COMPILED_KEYS = frozenset(
     key
     for key in ("CPU", "CUDA")
     if HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("pan_ops::weighted_pool", key)
@@ -35,7 +43,15 @@ KERNEL_KEYS = frozenset(
 
 def has_kernel(dispatch_key: str) -> bool:
     """True when the compiled library registered a kernel for this dispatch key."""
-    return dispatch_key in KERNEL_KEYS
+    return dispatch_key in COMPILED_KEYS
+
+
+def runs_triton(device: torch.device, backend: str) -> bool:
+    """The one rule for which kernel serves a call, given that Triton is usable: Triton when
+    asked for, and for backend="auto" on CUDA tensors (it is the GPU path measured and
+    tested on a GPU so far, benchmarks/RESULTS.md); the compiled kernel of the device
+    otherwise."""
+    return backend == "triton" or (backend == "auto" and device.type == "cuda")
 
 
 def pool_flops(features_shape, masks_shape) -> int:
@@ -44,44 +60,103 @@ def pool_flops(features_shape, masks_shape) -> int:
     return 2 * b * masks_shape[1] * c * h * w
 
 
-def setup_context(ctx, inputs, output):
-    features, masks, eps = inputs
+def _save_for_backward(ctx, features, masks, eps=1e-6, backend="auto"):
     ctx.save_for_backward(features, masks)
-    ctx.eps = eps
+    ctx.eps, ctx.backend = eps, backend
 
 
-def register_flops(forward_op, backward_op) -> None:
-    """FLOP formulas for torch.utils.flop_counter, shared by the C++ and Triton ops."""
+def setup_context(ctx, inputs, output):
+    """Autograd context of the op and of pan_ops.WeightedPool (which may be applied to
+    fewer arguments than the schema has)."""
+    _save_for_backward(ctx, *inputs)
 
-    @register_flop_formula(forward_op)
+
+def backward(ctx, grad):
+    """dL/dfeatures and dL/dmasks from the private backward op, on the forward's backend."""
+    features, masks = ctx.saved_tensors
+    grad_features, grad_masks = torch.ops.pan_ops._weighted_pool_backward(grad, features, masks, ctx.eps, ctx.backend)
+    return grad_features, grad_masks, None, None
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels for FakeTensor tracing (torch.compile, export); they check the
+    inputs, so that a bad call fails at trace time with the kernels' message."""
+
+    @torch.library.register_fake("pan_ops::weighted_pool")
+    def _(features, masks, eps=1e-6, backend="auto"):
+        check_inputs(features, masks, eps)
+        return features.new_empty((features.shape[0], masks.shape[1], features.shape[1]))
+
+    @torch.library.register_fake("pan_ops::_weighted_pool_backward")
+    def _(grad, features, masks, eps, backend="auto"):
+        check_inputs(features, masks, eps)
+        check_grad(grad, features, masks)
+        return torch.empty_like(features), torch.empty_like(masks)
+
+
+def _register_flops() -> None:
+    @register_flop_formula(torch.ops.pan_ops.weighted_pool)
     def _(features_shape, masks_shape, *args, **kwargs):
         return pool_flops(features_shape, masks_shape)
 
     # Backward: G = (g/S) @ F and dF = (g/S)^T @ M, two products of forward size.
-    @register_flop_formula(backward_op)
+    @register_flop_formula(torch.ops.pan_ops._weighted_pool_backward)
     def _(grad_shape, features_shape, masks_shape, *args, **kwargs):
         return 2 * pool_flops(features_shape, masks_shape)
 
 
-def register_fakes() -> None:
-    """Shape-only kernels of the C++ ops, for FakeTensor tracing (torch.compile, export)."""
+def _compiled_or_missing(name: str, key: str):
+    """The compiled kernel of op `name` for `key`, to call where Triton does not serve the
+    call; where this build has none, a kernel that says so."""
+    if has_kernel(key):
+        return torch.library.get_kernel(f"pan_ops::{name}", key).call_boxed
 
-    @torch.library.register_fake("pan_ops::weighted_pool")
-    def _(features, masks, eps=1e-6):
-        return features.new_empty((features.shape[0], masks.shape[1], features.shape[1]))
+    def missing(keyset, *args):
+        raise RuntimeError(
+            f"weighted_pool: this build of pan_ops has no compiled {key} kernel (it was built without "
+            f"{key}); backend='triton' runs on {key.lower()} tensors"
+        )
 
-    @torch.library.register_fake("pan_ops::weighted_pool_backward")
-    def _(grad, features, masks, eps):
-        return torch.empty_like(features), torch.empty_like(masks)
+    return missing
 
 
-def backward(ctx, grad):
-    features, masks = ctx.saved_tensors
-    grad_features, grad_masks = torch.ops.pan_ops.weighted_pool_backward(grad, features, masks, ctx.eps)
-    return grad_features, grad_masks, None
+# Kept alive for the life of the process: the registrations end when it is destroyed.
+_TRITON_LIBRARY = None
 
+
+def _register_triton() -> None:
+    """The Triton kernels as the op's implementation on the CUDA key (and on the CPU key
+    under Triton's interpreter), in front of the compiled kernel they hand the other
+    backends to."""
+    global _TRITON_LIBRARY
+    _TRITON_LIBRARY = torch.library.Library("pan_ops", "IMPL")
+    keys = ["CUDA"] + (["CPU"] if triton_kernels.INTERPRET else [])
+    for key in keys:
+        compiled_forward = _compiled_or_missing("weighted_pool", key)
+        compiled_backward = _compiled_or_missing("_weighted_pool_backward", key)
+
+        def forward(keyset, features, masks, eps=1e-6, backend="auto", compiled=compiled_forward):
+            if not runs_triton(features.device, backend):
+                return compiled(keyset, features, masks, eps, backend)
+            check_inputs(features, masks, eps)
+            return triton_kernels.forward(features, masks, eps)
+
+        def backward_kernel(keyset, grad, features, masks, eps, backend="auto", compiled=compiled_backward):
+            if not runs_triton(features.device, backend):
+                return compiled(keyset, grad, features, masks, eps, backend)
+            check_inputs(features, masks, eps)
+            check_grad(grad, features, masks)
+            return triton_kernels.backward(grad, features, masks, eps)
+
+        _TRITON_LIBRARY.impl("weighted_pool", forward, key, with_keyset=True)
+        _TRITON_LIBRARY.impl("_weighted_pool_backward", backward_kernel, key, with_keyset=True)
+
+
+HAS_TRITON = HAS_EXTENSION and triton_kernels.AVAILABLE and hasattr(torch.library, "get_kernel")
 
 if HAS_EXTENSION:
-    register_fakes()
-    register_flops(torch.ops.pan_ops.weighted_pool, torch.ops.pan_ops.weighted_pool_backward)
+    _register_fakes()
+    _register_flops()
     torch.library.register_autograd("pan_ops::weighted_pool", backward, setup_context=setup_context)
+if HAS_TRITON:
+    _register_triton()

@@ -1,5 +1,6 @@
-"""Input checks of the Python entry points; the C++ kernels run the same checks
-(csrc/weighted_pool.cpp) so direct torch.ops calls fail just as clearly."""
+"""Input checks of the op's Python-side kernels (Triton, fake) and of the reference
+backend. The compiled kernels make the same checks, with the same messages, in
+csrc/weighted_pool.cpp; every call is checked once, by the kernel that serves it."""
 
 import torch
 
@@ -46,3 +47,21 @@ def check_inputs(features: torch.Tensor, masks: torch.Tensor, eps: float) -> Non
         )
     if not eps > 0:
         raise ValueError(f"weighted_pool: eps must be > 0, got {eps}")
+
+
+def check_grad(grad: torch.Tensor, features: torch.Tensor, masks: torch.Tensor) -> None:
+    """grad [B,P,C] of the backward, in features' dtype and on its device."""
+    expected = [features.shape[0], masks.shape[1], features.shape[1]]
+    if list(grad.shape) != expected:
+        raise ValueError(
+            f"weighted_pool backward: grad must have shape [B,P,C] = {expected}, got {_shape(grad)} "
+            f"(features {_shape(features)}, masks {_shape(masks)})"
+        )
+    if grad.dtype != features.dtype:
+        raise TypeError(
+            f"weighted_pool backward: grad must have the dtype of features ({features.dtype}), got {grad.dtype}"
+        )
+    if grad.device != features.device:
+        raise RuntimeError(
+            f"weighted_pool backward: grad must be on the device of features ({features.device}), got {grad.device}"
+        )

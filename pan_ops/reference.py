@@ -1,11 +1,6 @@
-"""Pure-PyTorch weighted pooling: the ground truth every kernel is tested against.
-
-    S[b,p]   = max(sum_hw |M[b,p,h,w]|, eps)
-    f[b,p,c] = sum_hw F[b,c,h,w] * M[b,p,h,w] / S[b,p]
-
-Autograd differentiates exactly this expression (sign(0) = 0; the clamp passes
-no gradient where the sum is below eps). Half dtypes are computed in float32 and
-the result is returned in the input dtype, as the kernels do.
+"""Pure-PyTorch weighted pooling: the op's contract (docs/DESIGN.md §2) written as
+tensor expressions, which autograd differentiates as the kernels' backward does. Half
+dtypes are computed in float32 and returned in the input dtype, as the kernels do.
 """
 
 import torch

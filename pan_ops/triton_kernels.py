@@ -1,28 +1,21 @@
-"""Triton implementation of the weighted pooling op, forward and fused backward.
+"""Triton kernels of the op, forward and fused backward (docs/DESIGN.md §4), and the
+functions that launch them on checked inputs:
 
-    S[b,p]   = max(sum_hw |M[b,p,hw]|, eps)
-    f[b,p,c] = sum_hw F[b,c,hw] M[b,p,hw] / S[b,p]
+    forward(features, masks, eps) -> out [B,P,C]
+    backward(grad, features, masks, eps) -> (grad_features, grad_masks)
 
-Registered as torch.library.triton_op ops, so torch.compile(fullgraph=True) traces
-through them to the kernels:
-
-    torch.ops.pan_ops.weighted_pool_triton(features, masks, eps) -> out [B,P,C]
-    torch.ops.pan_ops.weighted_pool_triton_backward(grad, features, masks, eps)
-        -> (grad_features, grad_masks)
-
-Kernel plan (DESIGN.md section 3): the op is memory bound, so every kernel reads F
+pan_ops/_library.py registers them as the op's kernel on the CUDA dispatch key (and on
+the CPU key under TRITON_INTERPRET=1). The op is memory bound, so every kernel reads F
 once and writes each output once.
 
 - forward: one program per (channel tile, sample). It walks HW in chunks, loading
   a [BLOCK_C, BLOCK_HW] tile of F and the [P_PAD, BLOCK_HW] chunk of M[b], adds
   |M| into S and F @ M^T into a [BLOCK_C, P_PAD] accumulator on the tensor cores.
-- backward, pass 1: one program per (channel tile, sample) computes
-  dF = (g/S)^T @ M chunk by chunk and its tile's share of G_raw = g @ F (P x HW),
-  stored as per-tile partials.
+- backward, pass 1: one program per (channel tile, sample) computes dF chunk by
+  chunk and its tile's share of G_raw = g @ F (P x HW), stored as per-tile partials.
 - backward, pass 2: one program per (part, sample) sums the partials over the
-  channel tiles in a fixed order (deterministic, no atomics), then forms
-  dM = G - sign(M) sum_hw(G M) / S with G = G_raw / S (second term only where
-  sum|M| > eps).
+  channel tiles in a fixed order (deterministic, no atomics), then forms dM from
+  G = G_raw / S.
 
 Precision: half inputs feed the tensor cores directly with fp32 accumulation;
 float32 uses tf32x3 (split precision, about fp32 accuracy; plain tf32 is not
@@ -35,9 +28,6 @@ import os
 import struct
 
 import torch
-
-from . import _library
-from ._validation import check_inputs
 
 try:
     import triton
@@ -53,7 +43,7 @@ AUTOTUNE = not INTERPRET and os.environ.get("PAN_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _usable() -> bool:
-    if triton is None or not hasattr(torch.library, "triton_op"):
+    if triton is None:
         return False
     major, minor = (int(part) for part in triton.__version__.split(".")[:2])
     return (major, minor) >= (3, 2)  # tl.dot input_precision="tf32x3" and kernel-side dtype checks
@@ -105,18 +95,9 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def _launcher(kernel):
-    """What launches `kernel` inside a triton_op: wrap_triton, so that torch.compile can trace
-    the launch; under the interpreter the kernel itself, since nothing traces a CPU launch and
-    older torch (2.11 seen) rejects interpreted kernels in wrap_triton."""
-    return kernel if INTERPRET else torch.library.wrap_triton(kernel)
-
-
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cpu" and not INTERPRET:
-        raise RuntimeError(
-            "weighted_pool_triton: CPU tensors need Triton's interpreter; set TRITON_INTERPRET=1 "
-            f"before triton is first imported (got features on {t.device})"
-        )
+    """What launches `kernel`: the kernel itself. A seam: tools/triton_compile.py replaces it
+    to record the compiled kernels instead."""
+    return kernel
 
 
 if AVAILABLE:
@@ -349,11 +330,8 @@ if AVAILABLE:
     def _accumulator_dtype(dtype: torch.dtype) -> torch.dtype:
         return torch.float64 if dtype == torch.float64 else torch.float32
 
-    @torch.library.triton_op("pan_ops::weighted_pool_triton", mutates_args=())
-    def weighted_pool_triton(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        """Forward of the Triton backend: [B,C,H,W] x [B,P,H,W] -> [B,P,C]."""
-        check_inputs(features, masks, eps)
-        _check_device(features)
+    def forward(features: torch.Tensor, masks: torch.Tensor, eps: float) -> torch.Tensor:
+        """The op's forward on checked inputs: [B,C,H,W] x [B,P,H,W] -> [B,P,C]."""
         B, C, H, W = features.shape
         P = masks.shape[1]
         if B * P * C == 0 or H * W == 0:  # nothing to launch; an empty sum pools to 0
@@ -377,20 +355,12 @@ if AVAILABLE:
         )  # fmt: skip
         return out
 
-    @torch.library.triton_op("pan_ops::weighted_pool_triton_backward", mutates_args=())
-    def weighted_pool_triton_backward(
+    def backward(
         grad: torch.Tensor, features: torch.Tensor, masks: torch.Tensor, eps: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fused backward of the Triton backend: (dL/dout, F, M) -> (dL/dF, dL/dM)."""
-        check_inputs(features, masks, eps)
-        _check_device(features)
+        """The op's fused backward on checked inputs: (dL/dout, F, M) -> (dL/dF, dL/dM)."""
         B, C, H, W = features.shape
         P = masks.shape[1]
-        if grad.shape != (B, P, C) or grad.dtype != features.dtype or grad.device != features.device:
-            raise ValueError(
-                f"weighted_pool_triton_backward: grad must be [B,P,C] = {[B, P, C]} with features' dtype "
-                f"{features.dtype} on {features.device}, got shape {list(grad.shape)}, {grad.dtype} on {grad.device}"
-            )
         if features.numel() == 0 or masks.numel() == 0:  # nothing to launch; all gradients are 0
             return torch.zeros_like(features), torch.zeros_like(masks)
         grad_features = torch.empty_like(features)
@@ -432,12 +402,3 @@ if AVAILABLE:
             num_warps=4,
         )  # fmt: skip
         return grad_features, grad_masks
-
-    def _backward(ctx, grad):
-        features, masks = ctx.saved_tensors
-        grad_features, grad_masks = weighted_pool_triton_backward(grad, features, masks, ctx.eps)
-        return grad_features, grad_masks, None
-
-    weighted_pool_triton.register_autograd(_backward, setup_context=_library.setup_context)
-
-    _library.register_flops(torch.ops.pan_ops.weighted_pool_triton, torch.ops.pan_ops.weighted_pool_triton_backward)

@@ -72,7 +72,7 @@ for batch, channels, height, width, parts in [(2, 37, 5, 7, 3), (3, 130, 4, 3, 1
         grad = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
         expected_grads = torch.autograd.grad(expected, (features, masks), grad)
         out = torch.ops.pan_ops.weighted_pool(features, masks, 1e-6)
-        grads = torch.ops.pan_ops.weighted_pool_backward(grad, features, masks, 1e-6)
+        grads = torch.ops.pan_ops._weighted_pool_backward(grad, features, masks, 1e-6)
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
         for got, want in zip(grads, expected_grads):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

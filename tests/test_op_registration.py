@@ -20,9 +20,11 @@ def test_opcheck(device, layout):
     features, masks = make_inputs(2, 7, 5, 3, 4, torch.float32, device, layout)
     features.requires_grad_(True)
     masks.requires_grad_(True)
-    torch.library.opcheck(torch.ops.pan_ops.weighted_pool.default, (features, masks, 1e-6))
+    backend = "cpu" if device == "cpu" else "cuda"  # the compiled kernels; Triton's opcheck: test_triton_backend
+    torch.library.opcheck(torch.ops.pan_ops.weighted_pool.default, (features, masks, 1e-6, backend))
     grad = torch.randn(2, 4, 7, device=device)
-    torch.library.opcheck(torch.ops.pan_ops.weighted_pool_backward.default, (grad, features.detach(), masks.detach(), 1e-6))
+    backward = torch.ops.pan_ops._weighted_pool_backward.default
+    torch.library.opcheck(backward, (grad, features.detach(), masks.detach(), 1e-6, backend))
 
 
 @needs_extension
@@ -139,18 +141,19 @@ def test_device_mismatch():
 def test_backward_grad_shape_checked():
     f, m = make_inputs(2, 6, 4, 3, 5)
     with pytest.raises(ValueError, match=r"grad must have shape \[B,P,C\] = \[2, 5, 6\]"):
-        torch.ops.pan_ops.weighted_pool_backward(torch.randn(2, 6, 5), f, m, 1e-6)
+        torch.ops.pan_ops._weighted_pool_backward(torch.randn(2, 6, 5), f, m, 1e-6, "cpu")
 
 
 @needs_extension
 @pytest.mark.parametrize("device", DEVICES)
-def test_autograd_function_matches_wrapper(device):
+def test_autograd_function_matches_float64(device):
+    """pan_ops.WeightedPool, applied with and without the optional arguments, against the
+    float64 ground truth (its backward is the op's own formula)."""
     features, masks = make_inputs(2, 7, 5, 3, 4, torch.float64, device, seed=5)
-    f1, m1 = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
-    f2, m2 = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
-    out1 = pan_ops.WeightedPool.apply(f1, m1, 1e-6)
-    out2 = pan_ops.weighted_pool(f2, m2)
-    grad = torch.randn_like(out1)
-    out1.backward(grad)
-    out2.backward(grad)
-    assert torch.equal(out1, out2) and torch.equal(f1.grad, f2.grad) and torch.equal(m1.grad, m2.grad)
+    grad = torch.randn(2, 4, 7, dtype=torch.float64, device=device)
+    ref, ref_df, ref_dm = ground_truth(features, masks, 1e-3, grad)
+    for args in ((1e-3,), (1e-3, "auto")):
+        f, m = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
+        out = pan_ops.WeightedPool.apply(f, m, *args)
+        out.backward(grad)
+        assert rel_error(out, ref) < 1e-12 and rel_error(f.grad, ref_df) < 1e-12 and rel_error(m.grad, ref_dm) < 1e-12

@@ -151,18 +151,29 @@ def test_flop_counter_counts_forward_and_backward():
 
 def test_backward_rejects_a_mismatched_grad():
     features, masks = make_inputs(2, 4, 3, 3, 5, torch.float32, DEVICE)
-    with pytest.raises(ValueError, match=r"grad must be \[B,P,C\] = \[2, 5, 4\]"):
-        torch.ops.pan_ops.weighted_pool_triton_backward(torch.ones(2, 4, 5, device=DEVICE), features, masks, 1e-6)
+    grad = torch.ones(2, 4, 5, device=DEVICE)
+    with pytest.raises(ValueError, match=r"grad must have shape \[B,P,C\] = \[2, 5, 4\]"):
+        torch.ops.pan_ops._weighted_pool_backward(grad, features, masks, 1e-6, "triton")
+
+
+def test_one_op_serves_triton():
+    """backend="triton" is an argument of the one op, not a second op; on CUDA tensors it is
+    also what "auto" runs."""
+    assert not hasattr(torch.ops.pan_ops, "weighted_pool_triton")
+    features, masks = make_inputs(2, 19, 5, 3, 4, torch.float32, DEVICE, seed=3)
+    direct = torch.ops.pan_ops.weighted_pool(features, masks, 1e-6, "triton")
+    assert torch.equal(direct, pan_ops.weighted_pool(features, masks, backend="triton"))
+    if CUDA:
+        assert torch.equal(direct, pan_ops.weighted_pool(features, masks))
 
 
 @needs_gpu
 def test_opcheck():
     features, masks = make_inputs(2, 70, 5, 3, 4, torch.float32, "cuda", "channels_last", seed=8)
     grad = torch.randn(2, 4, 70, device="cuda")
-    torch.library.opcheck(torch.ops.pan_ops.weighted_pool_triton.default, (features.requires_grad_(True), masks, 1e-6))
-    torch.library.opcheck(
-        torch.ops.pan_ops.weighted_pool_triton_backward.default, (grad, features.detach(), masks, 1e-6)
-    )
+    op = torch.ops.pan_ops
+    torch.library.opcheck(op.weighted_pool.default, (features.requires_grad_(True), masks, 1e-6, "triton"))
+    torch.library.opcheck(op._weighted_pool_backward.default, (grad, features.detach(), masks, 1e-6, "triton"))
 
 
 @needs_gpu

@@ -155,11 +155,14 @@ def test_reference_matches_literal_formula():
     assert rel_error(pan_ops.reference.weighted_pool_naive(features, masks), ref) < 1e-14
 
 
-def test_module_matches_function():
-    features, masks = make_inputs(2, 13, 5, 3, 4)
-    pool = pan_ops.MaskedWeightedPool(eps=1e-3)
-    assert torch.equal(pool(features, masks), pan_ops.weighted_pool(features, masks, eps=1e-3))
-    assert "eps=0.001" in repr(pool)
+def test_module_matches_float64():
+    """The nn.Module passes its eps and backend on: eps=0.5 clamps the (all-small) masks' sums."""
+    features, masks = make_inputs(2, 13, 5, 3, 4, torch.float64)
+    masks = masks * 1e-2
+    pool = pan_ops.MaskedWeightedPool(eps=0.5, backend="reference")
+    ref, _, _ = ground_truth(features, masks, 0.5)
+    assert rel_error(pool(features, masks), ref) < 1e-12
+    assert "eps=0.5" in repr(pool) and "backend='reference'" in repr(pool)
 
 
 def test_available_backends():

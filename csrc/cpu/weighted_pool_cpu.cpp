@@ -363,14 +363,10 @@ at::Tensor with_flat_space(const at::Tensor& features) {
   return flat_spatial_stride(features) ? features : features.contiguous();
 }
 
-void check_cpu(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "weighted_pool (CPU kernel): ", name, " must be a CPU tensor, got ",
-              t.device());
-}
-
-at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps) {
+at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps,
+                             c10::string_view backend) {
   check_forward_inputs(features_in, masks, eps);
-  check_cpu(features_in, "features");
+  check_backend(backend, c10::DeviceType::CPU, features_in);
   at::Tensor out = at::empty(output_shape(features_in, masks), features_in.options());
   if (out.numel() == 0) return out;
   const at::Tensor features = with_flat_space(features_in);
@@ -435,9 +431,10 @@ at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& ma
 }
 
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& features_in,
-                                                              const at::Tensor& masks, double eps) {
+                                                              const at::Tensor& masks, double eps,
+                                                              c10::string_view backend) {
   check_backward_inputs(grad, features_in, masks, eps);
-  check_cpu(features_in, "features");
+  check_backend(backend, c10::DeviceType::CPU, features_in);
   at::Tensor grad_features = at::empty_like(features_in);
   at::Tensor grad_masks = at::empty_like(masks);
   // With no channels or no parts every gradient that exists is zero.
@@ -594,7 +591,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& 
 
 TORCH_LIBRARY_IMPL(pan_ops, CPU, m) {
   m.impl("weighted_pool", &weighted_pool_cpu);
-  m.impl("weighted_pool_backward", &weighted_pool_backward_cpu);
+  m.impl("_weighted_pool_backward", &weighted_pool_backward_cpu);
 }
 
 }  // namespace pan_ops

@@ -1,4 +1,4 @@
-// CUDA registration of pan_ops::weighted_pool and pan_ops::weighted_pool_backward: input
+// CUDA registration of pan_ops::weighted_pool and its private backward: input
 // checks, device guard and launches on the current stream. The kernels and their design are
 // in weighted_pool_kernels.cuh.
 #include <c10/cuda/CUDAException.h>
@@ -37,8 +37,10 @@ Target current_target(const at::Tensor& t) {
   return {count, c10::cuda::getCurrentCUDAStream(t.get_device()).stream()};
 }
 
-at::Tensor weighted_pool_cuda(const at::Tensor& features, const at::Tensor& masks, double eps) {
+at::Tensor weighted_pool_cuda(const at::Tensor& features, const at::Tensor& masks, double eps,
+                              c10::string_view backend) {
   check_forward_inputs(features, masks, eps);
+  check_backend(backend, c10::DeviceType::CUDA, features);
   TORCH_CHECK(masks.size(1) <= std::numeric_limits<int>::max(), "weighted_pool: too many parts (masks ",
               masks.sizes(), ")");
   const c10::cuda::CUDAGuard device_guard(features.device());
@@ -46,9 +48,11 @@ at::Tensor weighted_pool_cuda(const at::Tensor& features, const at::Tensor& mask
 }
 
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& features,
-                                                               const at::Tensor& masks, double eps) {
+                                                               const at::Tensor& masks, double eps,
+                                                               c10::string_view backend) {
   check_backward_inputs(grad, features, masks, eps);
-  TORCH_CHECK(masks.size(1) <= std::numeric_limits<int>::max(), "weighted_pool_backward: too many parts (masks ",
+  check_backend(backend, c10::DeviceType::CUDA, features);
+  TORCH_CHECK(masks.size(1) <= std::numeric_limits<int>::max(), "weighted_pool backward: too many parts (masks ",
               masks.sizes(), ")");
   const c10::cuda::CUDAGuard device_guard(features.device());
   return pool_backward(current_target(features), grad, features, masks, eps);
@@ -58,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cuda(const at::Tensor&
 
 TORCH_LIBRARY_IMPL(pan_ops, CUDA, m) {
   m.impl("weighted_pool", &weighted_pool_cuda);
-  m.impl("weighted_pool_backward", &weighted_pool_backward_cuda);
+  m.impl("_weighted_pool_backward", &weighted_pool_backward_cuda);
 }
 
 }  // namespace pan_ops
