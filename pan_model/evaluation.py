@@ -51,11 +51,14 @@ def evaluate_features(
     rerank: bool = False,
     max_rank: int = 50,
     device: "str | torch.device | None" = None,
+    return_distances: bool = False,
 ) -> dict:
     """Scores of query vs gallery features: rank1, rank5, rank10, mAP, mINP (fractions in
     [0, 1]) and the CMC curve (a list). Distances are computed on `device` (default: the
     features'); rerank=True applies k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) on
-    squared Euclidean distances for metric="euclidean", on the metric's own otherwise."""
+    squared Euclidean distances for metric="euclidean", on the metric's own otherwise.
+    return_distances=True adds "distances", the [num_query, num_gallery] numpy array the
+    scores were ranked by (re-ranked ones when rerank=True), for pictures of the same ranking."""
     if device is not None:
         query_features, gallery_features = query_features.to(device), gallery_features.to(device)
     if rerank:
@@ -69,7 +72,10 @@ def evaluate_features(
         distmat = compute_distance_matrix(query_features, gallery_features, metric)
     cmc, mean_ap, mean_inp = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
     scores = {f"rank{rank}": float(cmc[rank - 1]) for rank in REPORTED_RANKS if rank <= len(cmc)}
-    return {**scores, "mAP": mean_ap, "mINP": mean_inp, "cmc": cmc.tolist()}
+    result = {**scores, "mAP": mean_ap, "mINP": mean_inp, "cmc": cmc.tolist()}
+    if return_distances:
+        result["distances"] = np.asarray(distmat)
+    return result
 
 
 def evaluate(
@@ -81,10 +87,21 @@ def evaluate(
     flip: bool = False,
     rerank: bool = False,
     max_rank: int = 50,
+    return_distances: bool = False,
 ) -> dict:
     """Extract query and gallery features with `model`, then score them (evaluate_features)."""
     query_features, q_pids, q_camids = extract_features(model, query_loader, device, flip)
     gallery_features, g_pids, g_camids = extract_features(model, gallery_loader, device, flip)
     return evaluate_features(
-        query_features, gallery_features, q_pids, g_pids, q_camids, g_camids, metric, rerank, max_rank, device
+        query_features,
+        gallery_features,
+        q_pids,
+        g_pids,
+        q_camids,
+        g_camids,
+        metric,
+        rerank,
+        max_rank,
+        device,
+        return_distances,
     )

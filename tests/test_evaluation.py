@@ -74,6 +74,7 @@ def test_evaluate_matches_metrics_on_extracted_features(metric):
     assert scores["rank10"] == pytest.approx(cmc[9])
     assert scores["mAP"] == pytest.approx(mean_ap) and scores["mINP"] == pytest.approx(mean_inp)
     assert scores["cmc"] == pytest.approx(cmc.tolist()) and len(scores["cmc"]) == 50
+    assert "distances" not in scores  # only when asked for: the scores stay plain numbers
 
 
 def test_rerank_uses_squared_euclidean_distances():
@@ -81,8 +82,12 @@ def test_rerank_uses_squared_euclidean_distances():
     query, gallery = torch.randn(13, 6, generator=generator), torch.randn(40, 6, generator=generator)
     q_pids, g_pids = np.arange(13) % 5 + 1, np.arange(40) % 5 + 1
     q_camids, g_camids = np.zeros(13, int), np.ones(40, int)
-    scores = evaluate_features(query, gallery, q_pids, g_pids, q_camids, g_camids, rerank=True, max_rank=5)
+    scores = evaluate_features(
+        query, gallery, q_pids, g_pids, q_camids, g_camids, rerank=True, max_rank=5, return_distances=True
+    )
     distances = [compute_distance_matrix(a, b, "sqeuclidean") for a, b in ((query, gallery), (query, query), (gallery, gallery))]
-    cmc, mean_ap, _ = evaluate_rank(re_ranking(*distances), q_pids, g_pids, q_camids, g_camids, max_rank=5)
+    reranked = re_ranking(*distances)
+    cmc, mean_ap, _ = evaluate_rank(reranked, q_pids, g_pids, q_camids, g_camids, max_rank=5)
     assert scores["mAP"] == pytest.approx(mean_ap) and scores["rank5"] == pytest.approx(cmc[4])
     assert "rank10" not in scores  # beyond max_rank
+    np.testing.assert_array_equal(scores["distances"], reranked)  # what the scores were ranked by
