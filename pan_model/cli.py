@@ -158,13 +158,11 @@ def _test_loaders(config: Config):
     return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
 
 
-def cmd_eval(args) -> int:
+def _evaluate(model, config: Config, query_loader, gallery_loader, device, return_distances: bool = False) -> dict:
+    """The evaluation as config.eval sets it (metric, flip, rerank), as the trainer runs it."""
     from .evaluation import evaluate
 
-    model, config, device = _model_and_config(args)
-    _resolved(config, "evaluation config")
-    _, query_loader, gallery_loader = _test_loaders(config)
-    scores = evaluate(
+    return evaluate(
         model,
         query_loader,
         gallery_loader,
@@ -172,7 +170,15 @@ def cmd_eval(args) -> int:
         metric=config.eval.metric,
         flip=config.eval.flip,
         rerank=config.eval.rerank,
+        return_distances=return_distances,
     )
+
+
+def cmd_eval(args) -> int:
+    model, config, device = _model_and_config(args)
+    _resolved(config, "evaluation config")
+    _, query_loader, gallery_loader = _test_loaders(config)
+    scores = _evaluate(model, config, query_loader, gallery_loader, device)
     scores = {name: (np.asarray(value).tolist() if name == "cmc" else float(value)) for name, value in scores.items()}
     output = Path(args.output) if args.output else Path(args.checkpoint).with_name("eval.json")
     output.write_text(
@@ -215,11 +221,11 @@ def write_figures(
     top_k: int = 8,
 ) -> list[Path]:
     """masks.png (PAN only), cmc.png, retrieval.png and, from a run's log.jsonl when there
-    is one, curves.png; returns the paths written."""
+    is one, curves.png; returns the paths written. The CMC and the retrieval strips come
+    from one evaluation run as config.eval sets it (flip, rerank), so they show the scores
+    that evaluation reports."""
     from . import data, visualization
     from .engine.run_log import read_log
-    from .evaluation import extract_features
-    from .metrics import compute_distance_matrix, evaluate_rank
     from .models import get_masks
 
     folder = Path(folder)
@@ -236,16 +242,11 @@ def write_figures(
         written.append(
             visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items])
         )
-    with torch.no_grad():
-        query_features, query_pids, query_cams = extract_features(model, query_loader, device)
-        gallery_features, gallery_pids, gallery_cams = extract_features(model, gallery_loader, device)
-    distances = compute_distance_matrix(query_features, gallery_features, config.eval.metric)
-    distances = distances.cpu().numpy() if isinstance(distances, torch.Tensor) else np.asarray(distances)
-    cmc, _, _ = evaluate_rank(distances, query_pids, gallery_pids, query_cams, gallery_cams)
-    written.append(visualization.plot_cmc({config.model.arch.upper(): list(cmc)}, folder / "cmc.png"))
+    evaluation = _evaluate(model, config, query_loader, gallery_loader, device, return_distances=True)
+    written.append(visualization.plot_cmc({config.model.arch.upper(): evaluation["cmc"]}, folder / "cmc.png"))
     written.append(
         visualization.plot_retrieval(
-            distances, dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size
+            evaluation["distances"], dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size
         )
     )
     if run_log is not None and run_log.is_file():

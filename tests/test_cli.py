@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pan_model.cli import chance_rank1, main
@@ -80,6 +81,38 @@ def test_visualize_writes_the_figures(trained_run, tmp_path):
         == 0
     )
     assert {"masks.png", "cmc.png", "retrieval.png", "curves.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_figures_show_the_evaluation_as_configured(trained_run, tmp_path, monkeypatch):
+    """With eval.flip and eval.rerank on, cmc.png draws the CMC that `pan-reid eval` reports
+    for the same settings, and retrieval.png ranks by the distances that CMC came from."""
+    from pan_model import visualization
+    from pan_model.metrics import evaluate_rank
+
+    drawn = {}
+    plot_cmc, plot_retrieval = visualization.plot_cmc, visualization.plot_retrieval
+
+    def record_cmc(curves, *args, **kwargs):
+        drawn["cmc"] = curves
+        return plot_cmc(curves, *args, **kwargs)
+
+    def record_retrieval(distances, query, gallery, *args, **kwargs):
+        drawn["retrieval"] = (np.asarray(distances), query, gallery)
+        return plot_retrieval(distances, query, gallery, *args, **kwargs)
+
+    monkeypatch.setattr(visualization, "plot_cmc", record_cmc)
+    monkeypatch.setattr(visualization, "plot_retrieval", record_retrieval)
+    checkpoint = str(trained_run / "run" / "checkpoint_last.pt")
+    settings = ["eval.flip=true", "eval.rerank=true"]
+    assert main(["eval", "--checkpoint", checkpoint, "--output", str(tmp_path / "eval.json"), *settings]) == 0
+    assert main(["visualize", "--checkpoint", checkpoint, "--output", str(tmp_path), *settings]) == 0
+    reported = json.loads((tmp_path / "eval.json").read_text())["cmc"]
+    (curve,) = drawn["cmc"].values()
+    assert list(curve) == pytest.approx(reported)
+    distances, query, gallery = drawn["retrieval"]
+    labels = [np.array([item[field] for item in items]) for field in (1, 2) for items in (query, gallery)]
+    cmc, _, _ = evaluate_rank(distances, *labels)
+    assert cmc.tolist() == pytest.approx(reported)
 
 
 def test_resume_continues_a_finished_run_for_more_epochs(trained_run, capsys):
