@@ -7,9 +7,9 @@ against the same gallery: with the occluded queries the dataset has, and with th
 query images rendered without their occluders (the generator's holistic variant). Part models
 also get pan_model.diagnostics (mask diversity, parts vs GAP, Rank-1 per feature slice).
 
-    python benchmarks/accuracy_synthetic.py --jobs 2                        # configs/demo_cpu.yaml, 3 seeds
+    python benchmarks/accuracy_synthetic.py --jobs 2                        # pan_model/configs/demo_cpu.yaml, 3 seeds
     python benchmarks/accuracy_synthetic.py --models pan pan_stripes --seeds 0
-    python benchmarks/accuracy_synthetic.py --config configs/synthetic_scratch_osnet.yaml  # the earlier study
+    python benchmarks/accuracy_synthetic.py --config pan_model/configs/synthetic_scratch_osnet.yaml  # the earlier study
     python benchmarks/accuracy_synthetic.py --tables-from runs/*/runs.json   # tables of finished runs
 
 Models (--models): the three architectures and PAN variants, each one config switch away from
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     parser.add_argument(
-        "--config", type=Path, default=REPO / "configs" / "demo_cpu.yaml", help="the shared recipe and budget"
+        "--config", type=Path, default=REPO / "pan_model" / "configs" / "demo_cpu.yaml", help="the shared recipe and budget"
     )
     parser.add_argument("--models", nargs="+", default=["pan", "pcb", "global"], choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

@@ -23,10 +23,9 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .config import CONFIG_DIR, Config, ConfigError, apply_overrides, config_from_dict, load_config
 from .engine.run_log import LOG_NAME
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 TABLE_SCORES = (("Rank-1", "rank1"), ("Rank-5", "rank5"), ("mAP", "mAP"), ("mINP", "mINP"))
 
 

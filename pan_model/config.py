@@ -7,6 +7,13 @@ to the file itself; the file's own keys then override the base. Command-line ove
 ``optim.milestones=[40,70]``, ``model.pretrained=null``). Every key is checked against the
 dataclasses, so a typo fails loudly with the list of valid keys instead of being ignored.
 
+The recipes ship inside the package (pan_model/configs, CONFIG_DIR), so that an installed
+wheel has them. Wherever a config file is asked for (a command's argument, a ``_base_``), a
+path that names no file is looked up there: ``pcb_resnet50_market1501``,
+``ablations/gamma_14.yaml`` and ``configs/smoke.yaml`` (the repository's layout before the
+recipes moved into the package) all name packaged files, and a user's own file may start
+from ``_base_: pan_resnet50_occluded_duke``.
+
 Sections typed ``dict`` (``data.augment``, ``data.synthetic``) are passed through as keyword
 arguments to the data module, which checks their keys itself.
 """
@@ -24,6 +31,10 @@ from typing import Any, Iterable, Optional, Union
 import yaml
 
 BASE_KEY = "_base_"
+# The packaged recipes, next to this module so that they travel with the wheel.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# Leading folders under which older commands and documents name the packaged recipes.
+_PACKAGED_PREFIXES = (("pan_model", "configs"), ("configs",))
 
 
 class ConfigError(ValueError):
@@ -136,9 +147,36 @@ class Config:
 
 
 def load_config(path: "str | Path | None" = None, overrides: Iterable[str] = ()) -> Config:
-    """The defaults, updated by the YAML file at `path` (with its bases), then by `overrides`."""
-    tree = _read_with_bases(Path(path), chain=()) if path is not None else {}
+    """The defaults, updated by the YAML file at `path` (a file, or the name of a packaged
+    recipe: see find_config) with its bases, then by `overrides`."""
+    tree = _read_with_bases(find_config(path), chain=()) if path is not None else {}
     return apply_overrides(config_from_dict(tree), overrides)
+
+
+def find_config(path: "str | Path", relative_to: "Path | None" = None) -> Path:
+    """The config file `path` names: the file itself (relative to `relative_to` if given, else
+    to the working directory) when it exists, else the packaged recipe of that name, with or
+    without ``.yaml`` and a leading ``configs/`` or ``pan_model/configs/``."""
+    path = Path(path)
+    given = relative_to / path if relative_to is not None else path
+    if given.is_file() or path.is_absolute():
+        return given
+    parts = path.parts
+    for prefix in _PACKAGED_PREFIXES:
+        if parts[: len(prefix)] == prefix:
+            parts = parts[len(prefix) :]
+            break
+    if parts:
+        packaged = CONFIG_DIR.joinpath(*parts)
+        packaged = packaged if packaged.suffix else packaged.with_name(packaged.name + ".yaml")
+        if packaged.is_file():
+            return packaged
+    return given
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged recipes (``smoke``, ``ablations/gamma_14``, ...)."""
+    return sorted(path.relative_to(CONFIG_DIR).with_suffix("").as_posix() for path in CONFIG_DIR.rglob("*.yaml"))
 
 
 def apply_overrides(config: Config, overrides: Iterable[str]) -> Config:
@@ -174,7 +212,10 @@ def _read_with_bases(path: Path, chain: tuple) -> dict:
         cycle = " -> ".join(str(p) for p in (*chain, path))
         raise ConfigError(f"config inheritance cycle: {cycle}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        names = packaged_configs()
+        close = difflib.get_close_matches(path.stem, names, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"packaged recipes: {', '.join(names)}"
+        raise ConfigError(f"config file not found: {path} ({hint})")
     with open(path) as handle:
         tree = yaml.safe_load(handle) or {}
     if not isinstance(tree, dict):
@@ -182,7 +223,7 @@ def _read_with_bases(path: Path, chain: tuple) -> dict:
     bases = tree.pop(BASE_KEY, [])
     merged: dict = {}
     for base in [bases] if isinstance(bases, str) else bases:
-        _deep_update(merged, _read_with_bases(path.parent / base, chain + (path,)))
+        _deep_update(merged, _read_with_bases(find_config(base, relative_to=path.parent), chain + (path,)))
     _deep_update(merged, tree)
     return merged
 

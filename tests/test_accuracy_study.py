@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_study_runs_and_tables_its_runs(tmp_path):
     command = [
         sys.executable, str(REPO / "benchmarks" / "accuracy_synthetic.py"),
-        "--config", str(REPO / "configs" / "smoke.yaml"), "--models", "pan", "pan_stripes", "global",
+        "--config", str(REPO / "pan_model" / "configs" / "smoke.yaml"), "--models", "pan", "pan_stripes", "global",
         "--seeds", "0", "--output", str(tmp_path / "runs"), f"data.root={tmp_path / 'data'}", "train.epochs=1",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)

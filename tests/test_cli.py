@@ -11,7 +11,7 @@ import pytest
 from pan_model.cli import chance_rank1, main
 
 REPO = Path(__file__).resolve().parent.parent
-SMOKE = REPO / "configs" / "smoke.yaml"
+SMOKE = REPO / "pan_model" / "configs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")

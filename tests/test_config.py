@@ -5,9 +5,16 @@ from pathlib import Path
 import pytest
 
 from pan_model import build_model
-from pan_model.config import Config, ConfigError, config_from_dict, load_config, parse_override
-
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from pan_model.config import (
+    CONFIG_DIR as CONFIGS,
+    Config,
+    ConfigError,
+    config_from_dict,
+    find_config,
+    load_config,
+    packaged_configs,
+    parse_override,
+)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -70,6 +77,39 @@ def test_inheritance_cycle_and_missing_file(tmp_path):
         load_config(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"not found: .*smoek \(did you mean smoke\?\)"):
+        load_config("smoek")
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pcb_resnet50_market1501",
+        "pcb_resnet50_market1501.yaml",
+        "configs/pcb_resnet50_market1501.yaml",  # the repository's layout before the move
+        "pan_model/configs/pcb_resnet50_market1501.yaml",
+    ],
+)
+def test_packaged_recipes_are_found_by_name_from_any_directory(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert find_config(name) == CONFIGS / "pcb_resnet50_market1501.yaml"
+    config = load_config(name)
+    assert (config.model.arch, config.data.dataset) == ("pcb", "market1501")
+    assert "ablations/gamma_14" in packaged_configs() and "smoke" in packaged_configs()
+
+
+def test_a_file_wins_over_the_packaged_recipe_of_that_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write(tmp_path / "smoke.yaml", "train:\n  epochs: 5\n")
+    assert load_config("smoke.yaml").train.epochs == 5
+    assert load_config("smoke").train.epochs == 2  # no file named "smoke": the packaged recipe
+
+
+def test_a_users_file_starts_from_a_packaged_recipe(tmp_path):
+    mine = _write(tmp_path / "mine.yaml", "_base_: pan_resnet50_occluded_duke\ntrain:\n  epochs: 3\n")
+    config = load_config(mine)
+    assert config.data.dataset == "occluded_duke" and config.model.num_parts == 14  # via base.yaml
+    assert config.train.epochs == 3
 
 
 def test_round_trip_through_dict_and_yaml():

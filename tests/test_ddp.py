@@ -16,7 +16,7 @@ from pan_model.engine import Trainer, distributed
 from pan_model.engine.loaders import build_run_data, prepare_dataset
 from pan_model.models import unwrap_model
 
-SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parent.parent / "pan_model" / "configs" / "smoke.yaml"
 WORLD_SIZE = 2
 
 

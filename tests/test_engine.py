@@ -14,7 +14,7 @@ from pan_model.engine import NonFiniteLossError, WarmupMultiStepLR, build_optimi
 from pan_model.engine.run_log import read_log
 from pan_model.losses import ReIDLoss
 
-SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke.yaml"
+SMOKE = Path(__file__).resolve().parent.parent / "pan_model" / "configs" / "smoke.yaml"
 
 
 @pytest.fixture(scope="module")
