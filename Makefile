@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.pan-installed
 STACK  := torch==2.14.1 torchvision==0.29.1 triton==3.8.0
 SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 PYTEST_ARGS ?=
+# The in-place build runs on this machine only, so its CPU kernel is compiled for this CPU
+# (many times faster, benchmarks/RESULTS.md); `make PAN_OPS_MARCH=` builds it portable, as
+# setup.py does by default (wheels).
+PAN_OPS_MARCH ?= native
 
 .PHONY: all install weights test demo bench gpu-check gpu-wheels clean
 
@@ -18,7 +22,7 @@ $(PY):
 # Rebuilt whenever a C++/CUDA source or the build description changes.
 $(STAMP): $(PY) $(SOURCES)
 	$(PY) -m pip install -q $(STACK) numpy
-	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	PAN_OPS_MARCH='$(PAN_OPS_MARCH)' MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

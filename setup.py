@@ -1,6 +1,7 @@
 """Builds pan_ops._C: the C++ CPU kernels always, the CUDA kernels when a CUDA
-toolkit is found (or FORCE_CUDA=1). Build with `pip install --no-build-isolation -e .`
-so the extension is compiled against the torch already installed."""
+toolkit is found (or FORCE_CUDA=1; PAN_OPS_NO_CUDA=1 never). Build with
+`pip install --no-build-isolation -e .` so the extension is compiled against the torch
+already installed. The build is portable unless PAN_OPS_MARCH asks for a CPU (see below)."""
 
 import glob
 import os
@@ -31,9 +32,11 @@ def want_cuda() -> bool:
 def extensions():
     sources = [os.path.join("csrc", "weighted_pool.cpp"), os.path.join("csrc", "python_module.cpp")]
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    # -march=native: the CPU kernel relies on the compiler vectorising its inner
-    # loops for the machine it is built on; PAN_OPS_MARCH="" turns it off.
-    march = os.environ.get("PAN_OPS_MARCH", "native")
+    # The CPU kernel's vector width is the instruction set's it is compiled for. By default
+    # that is the compiler's baseline, so a wheel runs on every CPU of its architecture;
+    # PAN_OPS_MARCH=native (or e.g. x86-64-v3) compiles for a given CPU, many times faster
+    # (benchmarks/RESULTS.md) but an illegal instruction on CPUs that lack its extensions.
+    march = os.environ.get("PAN_OPS_MARCH", "")
     cxx = ["-O3", "-fopenmp"] + ([f"-march={march}"] if march else [])
     extra = {"cxx": cxx}
     ext_cls = CppExtension
