@@ -2,12 +2,12 @@
 
 Triton: the other Triton tests run the kernels in Triton's interpreter, which never lowers
 them to a GPU. These compile every launch the op's host code makes, as a launch on that GPU
-would (benchmarks/triton_compile.py, Triton's own specialization and ptxas), so that a
+would (tools/triton_compile.py, Triton's own specialization and ptxas), so that a
 kernel the GPU compiler rejects, or a config whose shared memory no GPU of a class
 offers, fails here instead of on someone's card. Each runs the compiler in a subprocess,
 since this process imported Triton for its interpreter.
 
-CUDA: the extension's sm_90 SASS (benchmarks/cuda_spills.py) keeps register spills out of
+CUDA: the extension's sm_90 SASS (tools/cuda_spills.py) keeps register spills out of
 the loops that do the arithmetic.
 """
 
@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from tools import cuda_spills
 
-import cuda_spills  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 try:
     import triton
@@ -31,13 +30,13 @@ try:
 except ImportError:
     TRITON_VERSION = (0, 0)
 needs_triton = pytest.mark.skipif(
-    TRITON_VERSION < (3, 6), reason="benchmarks/triton_compile.py binds launches with the internals of Triton 3.6 to 3.8"
+    TRITON_VERSION < (3, 6), reason="tools/triton_compile.py binds launches with the internals of Triton 3.6 to 3.8"
 )
 
 
 def compile_rows(archs, shapes, dtypes, layouts, configs="slice(None)") -> list[dict]:
     code = (
-        "import json, sys; sys.path.insert(0, 'benchmarks'); import triton_compile as t; "
+        "import json; from tools import triton_compile as t; "
         f"print(json.dumps(t.compile_all({archs!r}, {shapes!r}, {dtypes!r}, {layouts!r}, {configs})))"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

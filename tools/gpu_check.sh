@@ -2,17 +2,19 @@
 # GPU check in one command, for a machine with an NVIDIA GPU and its own torch:
 # builds the extension against that torch, runs the GPU tests (float64 reference
 # comparisons for every GPU backend, dtype and layout, gradcheck, opcheck,
-# torch.compile, determinism), the timing table, the quick model benchmark,
+# torch.compile, determinism), the op timing table, the quick model benchmark,
 # compute-sanitizer's memcheck and racecheck on the CUDA kernels and an ncu summary of
 # each kernel at the PAN shape.
-# Logs go to $OUT (default ./gpu_check_out), at most eight files.
+# Logs go to $OUT (default ./gpu_check_out), at most eight files (the device tool brings
+# back no more): both timings' tables in timing.md, their results in op_timing.json and
+# bench_model.json.
 #
 # Stages run in that order (of value) and share one deadline (DEADLINE seconds, default 540,
 # under the device tool's 10-minute limit per command): each gets its own timeout or
 # what is left, whichever is less, and is skipped with under 30 s left.
 #
-#   bash benchmarks/gpu_check.sh            # everything
-#   SKIP_BUILD=1 SKIP_MODEL=1 bash benchmarks/gpu_check.sh
+#   bash tools/gpu_check.sh            # everything
+#   SKIP_BUILD=1 SKIP_MODEL=1 bash tools/gpu_check.sh
 #
 # On the lent GPU machines (no index there): `make gpu-wheels` here first, and carry .whl
 # with the working tree, in case their image lacks pytest or hypothesis.
@@ -74,12 +76,12 @@ TAIL=60 run_stage gpu_tests.log "${TEST_TIMEOUT:-200}" $PY -m pytest -q -p no:ca
   tests/test_weighted_pool.py tests/test_op_registration.py tests/test_triton_backend.py \
   -k "${TEST_FILTER:-cuda or triton or compile or opcheck or autocast or hypothesis or device}"
 
-stage "timing table"
-run_stage timing.md "${TIMING_TIMEOUT:-150}" $PY benchmarks/op_timing.py ${TIMING_ARGS:-}
+stage "op timing table"
+run_stage timing.md "${TIMING_TIMEOUT:-150}" $PY -m benchmarks.op_timing --json "$OUT/op_timing.json" ${TIMING_ARGS:-}
 
 if [ "${SKIP_MODEL:-0}" != 1 ]; then
   stage "model benchmark (quick)"
-  TAIL=30 run_stage model.md "${MODEL_TIMEOUT:-100}" $PY benchmarks/bench_model.py --quick
+  TAIL=30 run_stage timing.md "${MODEL_TIMEOUT:-100}" $PY -m benchmarks.bench_model --quick --json "$OUT/bench_model.json"
 fi
 SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
 if [ -x "$SANITIZER" ] && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
@@ -89,7 +91,7 @@ if [ -x "$SANITIZER" ] && [ "${SKIP_SANITIZER:-0}" != 1 ]; then
     # Without the caching allocator every tensor is its own allocation, so memcheck sees
     # accesses past a tensor's end that would otherwise land in a neighbour of the same block.
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 TAIL=12 run_stage sanitizer.log 60 "$SANITIZER" --tool "$tool" \
-      --error-exitcode 9 --kernel-name kns=pool_ $PY benchmarks/gpu_probe.py sanitize
+      --error-exitcode 9 --kernel-name kns=pool_ $PY -m tools.gpu_probe sanitize
   done
 fi
 
@@ -98,7 +100,7 @@ if [ -x "$NCU" ] && [ "${SKIP_NCU:-0}" != 1 ]; then
   stage "ncu: throughput and occupancy of each kernel at the PAN shape"
   TAIL=80 run_stage ncu.txt 90 "$NCU" --clock-control none --profile-from-start off \
     --section SpeedOfLight --section Occupancy --section LaunchStats \
-    $PY benchmarks/gpu_probe.py profile
+    $PY -m tools.gpu_probe profile
 fi
 
 stage "done, status $status"

@@ -1,7 +1,7 @@
-"""Small GPU workloads for the tools of benchmarks/gpu_check.sh that watch kernels from outside.
+"""Small GPU workloads for the tools of tools/gpu_check.sh that watch kernels from outside.
 
-    compute-sanitizer --tool memcheck python benchmarks/gpu_probe.py sanitize
-    ncu --profile-from-start off ... python benchmarks/gpu_probe.py profile
+    compute-sanitizer --tool memcheck python -m tools.gpu_probe sanitize
+    ncu --profile-from-start off ... python -m tools.gpu_probe profile
 
 sanitize: the CUDA backend's forward and backward once on each kernel path (part tiers and
 chunks, both layouts with and without 16-byte access, a strided view, float64 and half
@@ -15,14 +15,11 @@ Triton has autotuned and ncu sees only the measured calls).
 """
 
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-import pan_ops  # noqa: E402
-from op_utils import check_backend, make_inputs  # noqa: E402
+import pan_ops
+from tools.op_check import check_backend, make_inputs
 
 # (B, C, H, W, P, dtype, layout): every register tier and a chunked one, 16-byte and scalar
 # access in both layouts, a strided view, large HW (the forward's mask tiles), double.
@@ -46,7 +43,7 @@ def sanitize(device: str = "cuda", backend: str = "cuda") -> None:
 def profile() -> None:
     B, C, H, W, P = 64, 2048, 16, 8, 14
     backends = [name for name in ("cuda", "triton") if name in pan_ops.available_backends("cuda")]
-    # channels_last fp32: the Triton forward measured at 36% of the floor there (RESULTS.md).
+    # channels_last fp32: the Triton forward measured at 36% of the floor there (benchmarks/RESULTS.md).
     for dtype, layout in ((torch.float32, "contiguous"), (torch.float32, "channels_last"), (torch.bfloat16, "contiguous")):
         features, masks = make_inputs(B, C, H, W, P, dtype, "cuda", layout, seed=0)
         features.requires_grad_(True)
@@ -71,5 +68,5 @@ def profile() -> None:
 if __name__ == "__main__":
     modes = {"sanitize": sanitize, "profile": profile}
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
-        sys.exit(f"usage: python {sys.argv[0]} {'|'.join(modes)}")
+        sys.exit(f"usage: python -m tools.gpu_probe {'|'.join(modes)}")
     modes[sys.argv[1]]()

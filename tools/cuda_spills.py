@@ -8,8 +8,8 @@ holds most of the kernel's FMAs. Loops are found as backward branches (a branch 
 lower address closes a loop spanning the two); depth = how many such spans contain an
 instruction. No GPU needed.
 
-    python benchmarks/cuda_spills.py            # sm_90 from pan_ops/_C*.so
-    python benchmarks/cuda_spills.py --arch 80
+    python -m tools.cuda_spills            # sm_90 from pan_ops/_C*.so
+    python -m tools.cuda_spills --arch 80
 """
 
 import argparse
@@ -44,7 +44,10 @@ def kernel_sass(library: Path, arch: int) -> dict[str, list[tuple[int, str]]]:
     if cuobjdump is None:
         raise FileNotFoundError("cuobjdump not found (CUDA toolkit or triton's bundled copy)")
     with tempfile.TemporaryDirectory() as tmp:
-        listing = subprocess.run([cuobjdump, "--list-elf", str(library)], capture_output=True, text=True, check=True)
+        listing = subprocess.run([cuobjdump, "--list-elf", str(library)], capture_output=True, text=True)
+        if "does not contain device code" in listing.stderr:  # a CPU-only build
+            return {}
+        listing.check_returncode()
         elf = next((line.split()[-1] for line in listing.stdout.splitlines() if f".sm_{arch}." in line), None)
         if elf is None:
             return {}

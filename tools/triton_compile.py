@@ -3,14 +3,14 @@
 Triton's interpreter (TRITON_INTERPRET=1), which the tests use on CPU tensors, never lowers
 a kernel to a GPU, so it cannot catch what only the GPU compiler rejects (a dot shape or
 precision an architecture lacks, a shared-memory budget) or show register spills. This
-script records the kernel launches the op's host code makes for a shape, without running
-them, and compiles each launch, with every autotuning config, for a chosen CUDA
-architecture with Triton's own argument specialization (alignment and divisibility of the
-pointers and integers), as a launch on that GPU would. No GPU or driver is needed: ptxas
-ships with Triton.
+script records the kernel launches that the op's host code (pan_ops.triton_kernels.forward
+and backward, through its _launcher seam) makes for a shape, without running them, and
+compiles each launch, with every autotuning config, for a chosen CUDA architecture with
+Triton's own argument specialization (alignment and divisibility of the pointers and
+integers), as a launch on that GPU would. No GPU or driver is needed: ptxas ships with Triton.
 
-    python benchmarks/triton_compile.py                      # sm_90, main shape, every dtype and layout
-    python benchmarks/triton_compile.py --arch 80 --arch 90 --dtype float32 --shape 64,2048,24,8,6
+    python -m tools.triton_compile                      # sm_90, main shape, every dtype and layout
+    python -m tools.triton_compile --arch 80 --arch 90 --dtype float32 --shape 64,2048,24,8,6
 
 Prints one row per (kernel, config): registers per thread, spill bytes (stores/loads),
 shared memory; exits with status 1 if any compile fails. Needs TRITON_INTERPRET unset, and
@@ -53,17 +53,18 @@ class Compiled:
     shared_bytes: int
 
 
-def make_inputs(shape, dtype: torch.dtype, layout: str):
-    """Small host tensors with the layout's strides: specialization reads only dtypes,
-    strides, sizes and pointer alignment, so the batch does not have to be the real one."""
+def launch_inputs(shape, dtype: torch.dtype, layout: str):
+    """Host tensors with the layout's strides, never read: specialization sees only dtypes,
+    sizes, strides and pointer alignment (the op's test inputs, tools/op_check.py, offset
+    their strided view by one element, which would compile a different, unaligned kernel)."""
     B, C, H, W, P = shape
-    features = torch.randn(B, C, H, W, dtype=dtype)
-    if layout == "channels_last":
-        features = features.contiguous(memory_format=torch.channels_last)
-    elif layout == "strided":  # H and W do not merge into one axis
-        features = torch.randn(B, C, W, H, dtype=dtype).transpose(2, 3)
-    masks = torch.randn(B, P, H, W, dtype=dtype)
-    grad = torch.randn(B, P, C, dtype=dtype)
+    if layout == "strided":  # H and W do not merge into one axis
+        features = torch.empty(B, C, W, H, dtype=dtype).transpose(2, 3)
+    else:
+        memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        features = torch.empty(B, C, H, W, dtype=dtype, memory_format=memory_format)
+    masks = torch.empty(B, P, H, W, dtype=dtype)
+    grad = torch.empty(B, P, C, dtype=dtype)
     return features, masks, grad
 
 
@@ -82,14 +83,14 @@ def record_launches(shape, dtype: torch.dtype, layout: str) -> list[Launch]:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append(Launch(self.kernel, args, kwargs))
 
-    features, masks, grad = make_inputs(shape, dtype, layout)
-    saved = triton_kernels._launcher, triton_kernels._check_device
-    triton_kernels._launcher, triton_kernels._check_device = Recorder, lambda tensor: None
+    features, masks, grad = launch_inputs(shape, dtype, layout)
+    saved = triton_kernels._launcher
+    triton_kernels._launcher = Recorder
     try:
-        triton_kernels.weighted_pool_triton(features, masks, 1e-6)
-        triton_kernels.weighted_pool_triton_backward(grad, features, masks, 1e-6)
+        triton_kernels.forward(features, masks, 1e-6)
+        triton_kernels.backward(grad, features, masks, 1e-6)
     finally:
-        triton_kernels._launcher, triton_kernels._check_device = saved
+        triton_kernels._launcher = saved
     return launches
 
 
