@@ -38,14 +38,18 @@ test: $(STAMP) weights
 demo: $(STAMP) weights
 	$(PY) -m pan_model.cli demo
 
+# The CPU timings (benchmarks/bench_*.py), their results also as JSON in BENCH_JSON. The GPU
+# timings run in gpu-check.
+BENCH_JSON ?= .benchmarks/cpu.json
 bench: $(STAMP)
-	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds
+	mkdir -p $(dir $(BENCH_JSON))
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-json=$(BENCH_JSON)
 
 gpu-check:
-	bash benchmarks/gpu_check.sh
+	bash tools/gpu_check.sh
 
 # Wheels of the test tools (pytest, hypothesis) for a GPU machine whose image lacks them and
-# cannot reach an index: gpu_check.sh installs them from .whl/ when it travels with the tree.
+# cannot reach an index: tools/gpu_check.sh installs them from .whl/ when it travels with the tree.
 GPU_PYTHON ?= 3.12
 gpu-wheels: $(PY)
 	$(PY) -m pip download -q -d .whl --only-binary=:all: --python-version $(GPU_PYTHON) \

@@ -1,16 +1,11 @@
 """Timing of the evaluation metrics at Market-1501 size (3,368 queries x 15,913 gallery).
 
-    pytest benchmarks/bench_metrics.py --benchmark-only     # pytest-benchmark table
-    python benchmarks/bench_metrics.py                      # median of a few runs, printed
+    python -m pytest benchmarks/bench_metrics.py --benchmark-only --benchmark-json=metrics.json
 
 The problem mimics Market's test split: 750 identities over 6 cameras, about 4.5 queries
 and 21 gallery images each plus distractors (pid 0), and distances where an identity's
 images are closer on average, so matches spread over the whole ranking.
 """
-
-import os
-import statistics
-import time
 
 import numpy as np
 import pytest
@@ -43,21 +38,3 @@ def test_distance_matrix_market_size(benchmark):
     result = benchmark.pedantic(compute_distance_matrix, args=(query, gallery), rounds=3, warmup_rounds=1)
     assert result.shape == (NUM_QUERY, NUM_GALLERY)
 
-
-def median_seconds(fn, args, rounds: int = 5) -> tuple:
-    """Median wall-clock and CPU seconds (CPU time tells a busy shared machine apart)."""
-    fn(*args)
-    wall, cpu = [], []
-    for _ in range(rounds):
-        wall_start, cpu_start = time.perf_counter(), time.process_time()
-        fn(*args)
-        wall.append(time.perf_counter() - wall_start)
-        cpu.append(time.process_time() - cpu_start)
-    return statistics.median(wall), statistics.median(cpu)
-
-
-if __name__ == "__main__":
-    print(f"CPU cores: {os.cpu_count()}, load average: {os.getloadavg()[0]:.1f}")
-    for dtype in (np.float32, np.float64):
-        wall, cpu = median_seconds(evaluate_rank, market_sized_problem(dtype=dtype))
-        print(f"evaluate_rank {NUM_QUERY} x {NUM_GALLERY} {np.dtype(dtype).name}: {wall:.3f} s wall, {cpu:.3f} s CPU (median of 5)")

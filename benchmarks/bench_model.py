@@ -4,11 +4,12 @@ Per architecture: inference parameters and MACs, then for each precision (fp32, 
 autocast) and memory layout (contiguous, channels_last): training-step throughput
 (forward, the paper's loss, backward, Adam step) with its peak memory at batch 64
 (16 identities x 4 images), and eval-mode inference throughput. Random images on the
-device, so only the model is measured. Prints a markdown table.
+device, so only the model is measured; steps timed with benchmarks/cuda_timer.py (CUDA
+events around eager steps). Prints a markdown table; --json also writes the results.
 
-    python benchmarks/bench_model.py              # GPU: full run
-    python benchmarks/bench_model.py --quick      # GPU: fewer steps, < 90 s on an H100
-    python benchmarks/bench_model.py --device cpu # CPU: batch 8, fp32, a couple of steps
+    python -m benchmarks.bench_model              # GPU: full run
+    python -m benchmarks.bench_model --quick      # GPU: fewer steps, < 90 s on an H100
+    python -m benchmarks.bench_model --device cpu # CPU: batch 8, fp32, a couple of steps
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 import pan_model
 import pan_ops
+from benchmarks.cuda_timer import median_ms
 from pan_model.losses import ReIDLoss
 from pan_model.profiling import profile_model
 
@@ -32,27 +34,15 @@ NUM_CLASSES = 751  # Market-1501 training identities
 IMAGES_PER_ID = 4
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds per call of step(), after `warmup` calls."""
-    for _ in range(warmup):
-        step()
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    synchronize(device)
-    return (time.perf_counter() - start) / steps
+def seconds_per_step(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds per call of step(), one timing of `steps` calls after `warmup` calls."""
+    return median_ms(lambda i: step(), rounds=steps, warmup=warmup, repeats=1, device=device) / 1e3
 
 
 def measure(model, arch: str, precision: str, layout: str, args, device: torch.device) -> dict:
@@ -77,7 +67,7 @@ def measure(model, arch: str, precision: str, layout: str, args, device: torch.d
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    train_seconds = timed(train_step, args.steps, 0, device)
+    train_seconds = seconds_per_step(train_step, args.steps, 0, device)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
     optimizer.zero_grad(set_to_none=True)
@@ -90,7 +80,7 @@ def measure(model, arch: str, precision: str, layout: str, args, device: torch.d
         with torch.inference_mode(), autocast(device, precision):
             model(eval_images)
 
-    infer_seconds = timed(infer_step, args.steps, args.warmup, device)
+    infer_seconds = seconds_per_step(infer_step, args.steps, args.warmup, device)
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -15,7 +15,8 @@ measured in a fresh interpreter: the process's peak resident set size over one c
 (VmHWM, reset through /proc/self/clear_refs just before it) minus its resident size
 before, with the inputs in memory, after a small warm-up call and glibc's malloc_trim.
 torch keeps no CPU allocator statistics and tracemalloc does not see its allocations,
-hence the operating system's count (Linux, glibc).
+hence the operating system's count (Linux, glibc). --benchmark-json=PATH writes both, the
+memory as each case's extra_info.
 """
 
 import ctypes

@@ -1,8 +1,11 @@
-"""Collection and reporting shared by the benchmark suites of this folder.
+"""The harness of this folder's timings, and the collection and reporting of its CPU suites.
 
-The suites are named bench_*.py; pytest's own pattern, test_*.py, is kept for tests/.
-Collecting them here lets `pytest benchmarks --benchmark-only` (make bench) run them all;
-scripts in this folder guard their work with __main__, so importing them runs nothing.
+CPU timings are pytest-benchmark suites named bench_*.py (pytest's own pattern, test_*.py,
+is kept for tests/), collected here: `pytest benchmarks --benchmark-only
+--benchmark-json=PATH` (make bench) runs them all and writes their results as JSON.
+GPU timings are scripts on one timer, cuda_timer.py: op_timing.py (the op's backends side
+by side) and bench_model.py (PAN vs PCB), each writing JSON with --json. They guard their
+work with __main__, so collecting them runs nothing.
 """
 
 import pytest

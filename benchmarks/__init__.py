@@ -1,0 +1,1 @@
+"""Timings only, run from the repository root (conftest.py describes the harness)."""
