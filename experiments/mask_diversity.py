@@ -3,7 +3,7 @@ are the P masks distinct parts or one map many times over, is each part feature 
 global average pooling, and what does each slice of the retrieval feature score on its own?
 (pan_model.diagnostics defines every figure.)
 
-    python benchmarks/mask_diversity.py runs/demo/model_best.pt [more checkpoints ...]
+    python -m experiments.mask_diversity runs/demo/model_best.pt [more checkpoints ...]
 """
 
 from __future__ import annotations

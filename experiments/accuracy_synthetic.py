@@ -7,10 +7,10 @@ against the same gallery: with the occluded queries the dataset has, and with th
 query images rendered without their occluders (the generator's holistic variant). Part models
 also get pan_model.diagnostics (mask diversity, parts vs GAP, Rank-1 per feature slice).
 
-    python benchmarks/accuracy_synthetic.py --jobs 2                        # pan_model/configs/demo_cpu.yaml, 3 seeds
-    python benchmarks/accuracy_synthetic.py --models pan pan_stripes --seeds 0
-    python benchmarks/accuracy_synthetic.py --config pan_model/configs/synthetic_scratch_osnet.yaml  # the earlier study
-    python benchmarks/accuracy_synthetic.py --tables-from runs/*/runs.json   # tables of finished runs
+    python -m experiments.accuracy_synthetic --jobs 2                        # pan_model/configs/demo_cpu.yaml, 3 seeds
+    python -m experiments.accuracy_synthetic --models pan pan_stripes --seeds 0
+    python -m experiments.accuracy_synthetic --config pan_model/configs/synthetic_scratch_osnet.yaml  # the earlier study
+    python -m experiments.accuracy_synthetic --tables-from runs/*/runs.json   # tables of finished runs
 
 Models (--models): the three architectures and PAN variants, each one config switch away from
 "pan" (the ones outside the paper are diagnostics, named as such).
@@ -22,22 +22,18 @@ import argparse
 import json
 import multiprocessing
 import statistics
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+import torch
 
-import torch  # noqa: E402
-
-from pan_model.config import load_config  # noqa: E402
-from pan_model.diagnostics import part_diagnostics  # noqa: E402
-from pan_model.engine import load_model, train  # noqa: E402
-from pan_model.engine.trainer import select_device  # noqa: E402
-from pan_model.engine.loaders import build_test_loader, prepare_dataset  # noqa: E402
-from pan_model.evaluation import evaluate_features, extract_features  # noqa: E402
+from pan_model.config import CONFIG_DIR, load_config
+from pan_model.diagnostics import part_diagnostics
+from pan_model.engine import load_model, train
+from pan_model.engine.trainer import select_device
+from pan_model.engine.loaders import build_test_loader, prepare_dataset
+from pan_model.evaluation import evaluate_features, extract_features
 
 PCB = ["model.arch=pcb", "model.num_parts=6", "model.shared_fc=false", "model.mask_softmax=null", "model.mask_source=null"]
 # name: (label, overrides that turn the shared PAN recipe into this model)
@@ -180,7 +176,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides applied to every run")
     parser.add_argument(
-        "--config", type=Path, default=REPO / "pan_model" / "configs" / "demo_cpu.yaml", help="the shared recipe and budget"
+        "--config", type=Path, default=CONFIG_DIR / "demo_cpu.yaml", help="the shared recipe and budget"
     )
     parser.add_argument("--models", nargs="+", default=["pan", "pcb", "global"], choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
