@@ -78,6 +78,13 @@ def backward(ctx, grad):
     return grad_features, grad_masks, None, None
 
 
+def _no_double_backward(ctx, grad_features, grad_masks):
+    raise NotImplementedError(
+        "weighted_pool: second derivatives are not implemented (backward of the backward, "
+        "e.g. torch.autograd.grad(..., create_graph=True) followed by another backward)"
+    )
+
+
 def _register_fakes() -> None:
     """Shape-only kernels for FakeTensor tracing (torch.compile, export); they check the
     inputs, so that a bad call fails at trace time with the kernels' message."""
@@ -158,5 +165,9 @@ if HAS_EXTENSION:
     _register_fakes()
     _register_flops()
     torch.library.register_autograd("pan_ops::weighted_pool", backward, setup_context=setup_context)
+    # Without a formula autograd would only warn and hand back no gradient.
+    torch.library.register_autograd(
+        "pan_ops::_weighted_pool_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+    )
 if HAS_TRITON:
     _register_triton()

@@ -157,3 +157,14 @@ def test_autograd_function_matches_float64(device):
         out = pan_ops.WeightedPool.apply(f, m, *args)
         out.backward(grad)
         assert rel_error(out, ref) < 1e-12 and rel_error(f.grad, ref_df) < 1e-12 and rel_error(m.grad, ref_dm) < 1e-12
+
+
+@needs_extension
+def test_double_backward_is_an_error_not_a_silent_none():
+    features, masks = make_inputs(2, 5, 3, 3, 4, torch.float64)
+    features.requires_grad_(True)
+    masks.requires_grad_(True)
+    out = pan_ops.weighted_pool(features, masks, backend="cpu")
+    (grad_features,) = torch.autograd.grad(out.square().sum(), features, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives are not implemented"):
+        grad_features.sum().backward()
