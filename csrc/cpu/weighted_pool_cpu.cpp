@@ -350,7 +350,7 @@ struct MaskPanels {
   const acc_t* sample_by_part(int64_t b) const { return by_part.data() + b * parts * space_padded; }
   const acc_t* sample_by_space(int64_t b) const { return by_space.data() + b * space * parts_padded; }
   // S = max(sum |M|, eps); `clamped` where the clamp is active and passes no gradient.
-  acc_t area(int64_t b, int64_t p, double eps) const {
+  acc_t norm(int64_t b, int64_t p, double eps) const {
     return std::max(abs_sum[b * parts + p], static_cast<acc_t>(eps));
   }
   bool clamped(int64_t b, int64_t p, double eps) const {
@@ -383,14 +383,14 @@ at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& ma
 
     parallel_tasks(batch * tiles, [&](const auto& next_task) {
       // S padded with ones, so that whole lines of sums are divided at once.
-      std::vector<acc_t> area(panels.parts_padded, acc_t(1));
+      std::vector<acc_t> norm(panels.parts_padded, acc_t(1));
       // out^T of a tile, [c][P padded]: the rows of out lie C apart and would share one
       // cache set, so the tile is transposed into them once, line by line.
       std::vector<acc_t> pooled(channels_contiguous ? 0 : kChannelTile * panels.parts_padded);
       for (int64_t task; (task = next_task()) >= 0;) {
         const int64_t b = task / tiles, c0 = task % tiles * kChannelTile;
         const int64_t tile_channels = std::min(kChannelTile, channels - c0);
-        for (int64_t p = 0; p < parts; ++p) area[p] = panels.area(b, p, eps);
+        for (int64_t p = 0; p < parts; ++p) norm[p] = panels.norm(b, p, eps);
         const scalar_t* f_tile = f.sample(b) + c0 * f.channel_stride;
         scalar_t* out_tile = out_data + b * parts * channels + c0;
         if (channels_contiguous) {
@@ -399,7 +399,7 @@ at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& ma
               panels.sample_by_part(b), panels.space_padded, int64_t(1), parts, f_tile, f.spatial_stride,
               tile_channels, tile_channels, panels.space,
               [&](int64_t p, int64_t c_first, SumLine<acc_t> line, int64_t count) {
-                line.divide(area[p]);
+                line.divide(norm[p]);
                 line.store(out_tile + p * channels + c_first, count);
               });
           continue;
@@ -410,7 +410,7 @@ at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& ma
               f_tile, f.channel_stride, f.spatial_stride, tile_channels, panels.sample_by_space(b),
               panels.parts_padded, panels.parts_padded, panels.parts_padded, panels.space,
               [&](int64_t c, int64_t p0, SumLine<acc_t> line, int64_t count) {
-                line.divide(area.data() + p0);
+                line.divide(norm.data() + p0);
                 line.store(pooled.data() + c * panels.parts_padded + p0, count);
               });
         };
@@ -430,6 +430,203 @@ at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& ma
   return out;
 }
 
+// The backward of one dtype on [B, C, HW] views of F and dF, in stages run for each
+// (sample, channel tile) task; the task that completes a sample's last tile finishes its dM.
+template <typename scalar_t>
+class BackwardStages {
+ public:
+  BackwardStages(const at::Tensor& grad, const at::Tensor& features, const at::Tensor& masks,
+                 const at::Tensor& grad_features_flat, const at::Tensor& grad_masks, double eps)
+      : f_(features, *flat_spatial_stride(features)),
+        df_(grad_features_flat, *flat_spatial_stride(grad_features_flat)),
+        g_(grad.data_ptr<scalar_t>()),
+        grad_masks_(grad_masks),
+        eps_(eps),
+        batch_(features.size(0)),
+        channels_(features.size(1)),
+        parts_(masks.size(1)),
+        tiles_(ceil_div(channels_, kChannelTile)),
+        g_by_part_(f_.spatial_stride == 1),
+        df_space_major_(df_.spatial_stride == 1),
+        panels_(masks, /*with_by_part=*/df_space_major_),
+        g_part_stride_(g_by_part_ ? panels_.space_padded : 1),
+        g_space_stride_(g_by_part_ ? 1 : panels_.parts_padded),
+        panel_size_(g_by_part_ ? parts_ * panels_.space_padded : panels_.space * panels_.parts_padded),
+        partial_g_(at::empty({batch_ * tiles_ * panel_size_},
+                             grad.options().dtype(at::toOpMathType(grad.scalar_type())))) {}
+
+  // Every task on ATen's threads, each thread with its own gS buffers.
+  void run() const {
+    std::vector<std::atomic<int64_t>> tiles_done(batch_);
+    parallel_tasks(batch_ * tiles_, [&](const auto& next_task) {
+      std::vector<acc_t> gs_by_part, gs_by_channel;
+      for (int64_t index; (index = next_task()) >= 0;) {
+        const Task task = task_at(index);
+        scale_grad_tile(task, gs_by_part);
+        if (g_by_part_) {
+          g_partial_by_part(task, gs_by_part);
+        } else {
+          g_partial_by_space(task, gs_by_part, gs_by_channel);
+        }
+        df_for_tile(task, gs_by_part);
+        if (tiles_done[task.b].fetch_add(1, std::memory_order_acq_rel) + 1 == tiles_) finish_grad_masks(task.b);
+      }
+      finish_streaming();
+    });
+  }
+
+ private:
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr int64_t kCols = kBlockCols<acc_t>;
+
+  // One channel tile of one sample; `padded`: its channels rounded up to whole lines.
+  struct Task {
+    int64_t b, tile, c0, channels, padded;
+  };
+
+  Task task_at(int64_t index) const {
+    const int64_t b = index / tiles_, tile = index % tiles_, c0 = tile * kChannelTile;
+    const int64_t tile_channels = std::min(kChannelTile, channels_ - c0);
+    return {b, tile, c0, tile_channels, round_up(tile_channels, kCols)};
+  }
+
+  const scalar_t* f_tile(const Task& task) const { return f_.sample(task.b) + task.c0 * f_.channel_stride; }
+
+  acc_t* partial_panel(int64_t b, int64_t tile) const {
+    return partial_g_.data_ptr<acc_t>() + (b * tiles_ + tile) * panel_size_;
+  }
+
+  // Scaled gradient tile: gS = g / S, [p][C padded] with zeros in the padding.
+  void scale_grad_tile(const Task& task, std::vector<acc_t>& gs_by_part) const {
+    gs_by_part.assign(parts_ * task.padded, acc_t(0));
+    for (int64_t p = 0; p < parts_; ++p) {
+      const acc_t norm = panels_.norm(task.b, p, eps_);
+      const scalar_t* g_line = g_ + (task.b * parts_ + p) * channels_ + task.c0;
+      acc_t* gs_line = gs_by_part.data() + p * task.padded;
+      for (int64_t c = 0; c < task.channels; ++c) gs_line[c] = static_cast<acc_t>(g_line[c]) / norm;
+    }
+  }
+
+  // G partial for a tile, HW contiguous: G[p, hw] = sum_c gS[p, c] F[c, hw], F's lines read once, as vectors.
+  void g_partial_by_part(const Task& task, const std::vector<acc_t>& gs_by_part) const {
+    acc_t* g_panel = partial_panel(task.b, task.tile);
+    gemm_panel<acc_t, kPartBlockRows, Prefetch::kFarB>(
+        gs_by_part.data(), task.padded, int64_t(1), parts_, f_tile(task), f_.channel_stride, panels_.space,
+        panels_.space, task.channels, [&](int64_t p, int64_t s0, const SumLine<acc_t>& line, int64_t count) {
+          line.store(g_panel + p * panels_.space_padded + s0, count);
+        });
+  }
+
+  // G partial for a tile, otherwise: G^T[hw, p] = sum_c F[c, hw] gS^T[c, p], F as the left operand.
+  void g_partial_by_space(const Task& task, const std::vector<acc_t>& gs_by_part,
+                          std::vector<acc_t>& gs_by_channel) const {
+    const int64_t parts_padded = panels_.parts_padded;
+    // gS^T, [c][P padded]: on the right here, so copied transposed rather than read through strides.
+    gs_by_channel.assign(task.channels * parts_padded, acc_t(0));
+    for (int64_t p = 0; p < parts_; ++p) {
+      for (int64_t c = 0; c < task.channels; ++c) {
+        gs_by_channel[c * parts_padded + p] = gs_by_part[p * task.padded + c];
+      }
+    }
+    // Accumulated a few channels at a time over whole padded lines (the padding of gS^T is zero).
+    acc_t* g_panel = partial_panel(task.b, task.tile);
+    std::fill(g_panel, g_panel + panel_size_, acc_t(0));
+    const scalar_t* f_first = f_tile(task);
+    const auto accumulate_g = [&](auto prefetch) {
+      for (int64_t c = 0; c < task.channels; c += kChannelStep) {
+        gemm_panel<acc_t, kBlockRows, decltype(prefetch)::value>(
+            f_first + c * f_.channel_stride, f_.spatial_stride, f_.channel_stride, panels_.space,
+            gs_by_channel.data() + c * parts_padded, parts_padded, parts_padded, parts_padded,
+            std::min(kChannelStep, task.channels - c), [&](int64_t s, int64_t p0, const SumLine<acc_t>& line, int64_t) {
+              line.add_to(g_panel + s * parts_padded + p0);
+            });
+      }
+    };
+    if (f_.channel_stride == 1) {
+      accumulate_g(PrefetchTag<Prefetch::kNextRowsToL2>{});
+    } else {
+      accumulate_g(PrefetchTag<Prefetch::kNone>{});
+    }
+  }
+
+  // dF for a tile, streamed out in lines along its contiguous dimension.
+  void df_for_tile(const Task& task, const std::vector<acc_t>& gs_by_part) const {
+    scalar_t* df_tile = df_.sample(task.b) + task.c0 * df_.channel_stride;
+    if (df_space_major_) {
+      // dF[c, hw] = sum_p gS^T[c, p] M[p, hw]
+      gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
+          gs_by_part.data(), int64_t(1), task.padded, task.channels, panels_.sample_by_part(task.b),
+          panels_.space_padded, panels_.space_padded, panels_.space, parts_,
+          [&](int64_t c, int64_t s0, const SumLine<acc_t>& line, int64_t count) {
+            line.stream(df_tile + c * df_.channel_stride + s0, count);
+          });
+      return;
+    }
+    // dF^T[hw, c] = sum_p M^T[hw, p] gS[p, c]
+    gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
+        panels_.sample_by_space(task.b), panels_.parts_padded, int64_t(1), panels_.space, gs_by_part.data(),
+        task.padded, task.padded, task.channels, parts_,
+        [&](int64_t s, int64_t c_first, const SumLine<acc_t>& line, int64_t count) {
+          scalar_t* dst = df_tile + s * df_.spatial_stride + c_first * df_.channel_stride;
+          if (df_.channel_stride == 1) return line.stream(dst, count);
+          for (int64_t j = 0; j < count; ++j) dst[j * df_.channel_stride] = static_cast<scalar_t>(line[j]);
+        });
+  }
+
+  // G of sample b: its tiles' partial sums added in tile order, into tile 0's panel.
+  const acc_t* sum_g_partials(int64_t b) const {
+    acc_t* g_total = partial_panel(b, 0);
+    for (int64_t tile = 1; tile < tiles_; ++tile) {
+      const acc_t* g_tile = partial_panel(b, tile);
+      for (int64_t i = 0; i < panel_size_; ++i) g_total[i] += g_tile[i];
+    }
+    return g_total;
+  }
+
+  // Finish dM for a sample, once all its tiles are done: dM = G - sign(M) * sum_hw(G M / S).
+  void finish_grad_masks(int64_t b) const {
+    const acc_t* g_total = sum_g_partials(b);
+    const acc_t* m = panels_.sample_by_space(b);
+    const int64_t parts_padded = panels_.parts_padded;
+    scalar_t* dm = grad_masks_.data_ptr<scalar_t>();
+    for (int64_t p = 0; p < parts_; ++p) {
+      const acc_t* g_line = g_total + p * g_part_stride_;
+      // d/dM of 1/S: -sign(M) * sum_hw(G M / S), absent where the clamp is active.
+      // M / S before the sum: with one nonzero mask value it is exactly sign(M), so
+      // dM cancels to exactly zero there, as it does in exact arithmetic.
+      const acc_t norm = panels_.norm(b, p, eps_);
+      acc_t norm_term = 0;
+      if (!panels_.clamped(b, p, eps_)) {
+        for (int64_t s = 0; s < panels_.space; ++s) {
+          norm_term += g_line[s * g_space_stride_] * (m[s * parts_padded + p] / norm);
+        }
+      }
+      scalar_t* dm_plane = dm + b * grad_masks_.stride(0) + p * grad_masks_.stride(1);
+      for_each_position(grad_masks_, [&](int64_t s, int64_t offset) {
+        const acc_t mask = m[s * parts_padded + p];
+        const acc_t sign = static_cast<acc_t>((mask > 0) - (mask < 0));
+        dm_plane[offset] = static_cast<scalar_t>(g_line[s * g_space_stride_] - sign * norm_term);
+      });
+    }
+  }
+
+  const ChannelsBySpace<const scalar_t> f_;
+  const ChannelsBySpace<scalar_t> df_;
+  const scalar_t* g_;  // [B, P, C], contiguous
+  const at::Tensor grad_masks_;
+  const double eps_;
+  const int64_t batch_, channels_, parts_, tiles_;
+  // With HW contiguous (NCHW) lines of F are G's right operand and G comes as [P][HW];
+  // otherwise F is its left operand and G comes transposed, [HW][P].
+  const bool g_by_part_;
+  // dF is produced in lines along HW when that is its contiguous dimension, else along C.
+  const bool df_space_major_;
+  const MaskPanels<scalar_t> panels_;
+  const int64_t g_part_stride_, g_space_stride_, panel_size_;
+  // Partial sums of G, one panel per (sample, channel tile).
+  const at::Tensor partial_g_;
+};
+
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& features_in,
                                                               const at::Tensor& masks, double eps,
                                                               c10::string_view backend) {
@@ -448,140 +645,8 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& 
   // dF is written in place unless its layout interleaves C between H and W.
   const bool direct_grad_features = flat_spatial_stride(grad_features).has_value();
   at::Tensor grad_features_flat = direct_grad_features ? grad_features : at::empty_like(features);
-  const int64_t batch = features.size(0), channels = features.size(1), parts = masks.size(1);
-  const int64_t tiles = ceil_div(channels, kChannelTile);
-  const int64_t df_spatial_stride = *flat_spatial_stride(grad_features_flat);
-  // dF is produced in lines along HW when that is its contiguous dimension, else along C.
-  const bool df_space_major = df_spatial_stride == 1;
-
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_backward_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    constexpr int64_t kCols = kBlockCols<acc_t>;
-    const ChannelsBySpace<const scalar_t> f(features, *flat_spatial_stride(features));
-    const ChannelsBySpace<scalar_t> df(grad_features_flat, df_spatial_stride);
-    // With HW contiguous (NCHW) lines of F are G's right operand and G comes as [P][HW];
-    // otherwise F is its left operand and G comes transposed, [HW][P].
-    const bool g_by_part = f.spatial_stride == 1;
-    const MaskPanels<scalar_t> panels(masks, /*with_by_part=*/df_space_major);
-    const int64_t space = panels.space, parts_padded = panels.parts_padded, space_padded = panels.space_padded;
-    const int64_t g_part_stride = g_by_part ? space_padded : 1, g_space_stride = g_by_part ? 1 : parts_padded;
-    const int64_t panel_size = g_by_part ? parts * space_padded : space * parts_padded;
-    const scalar_t* g = grad_contiguous.data_ptr<scalar_t>();
-    // Partial sums of G, one panel per (sample, channel tile).
-    const at::Tensor partial_g =
-        at::empty({batch * tiles * panel_size}, grad.options().dtype(at::toOpMathType(grad.scalar_type())));
-    const auto partial_panel = [&, data = partial_g.data_ptr<acc_t>()](int64_t b, int64_t tile) {
-      return data + (b * tiles + tile) * panel_size;
-    };
-
-    // dM of sample b, once all its channel tiles are done: G = the tiles' partial sums
-    // added in tile order, then the formula above.
-    scalar_t* dm = grad_masks.data_ptr<scalar_t>();
-    const auto finish_grad_masks = [&](int64_t b) {
-      acc_t* g_total = partial_panel(b, 0);
-      for (int64_t tile = 1; tile < tiles; ++tile) {
-        const acc_t* g_tile = partial_panel(b, tile);
-        for (int64_t i = 0; i < panel_size; ++i) g_total[i] += g_tile[i];
-      }
-      const acc_t* m = panels.sample_by_space(b);
-      for (int64_t p = 0; p < parts; ++p) {
-        const acc_t* g_line = g_total + p * g_part_stride;
-        // d/dM of 1/S: -sign(M) * sum_hw(G M / S), absent where the clamp is active.
-        // M / S before the sum: with one nonzero mask value it is exactly sign(M), so
-        // dM cancels to exactly zero there, as it does in exact arithmetic.
-        const acc_t area = panels.area(b, p, eps);
-        acc_t area_term = 0;
-        if (!panels.clamped(b, p, eps)) {
-          for (int64_t s = 0; s < space; ++s) {
-            area_term += g_line[s * g_space_stride] * (m[s * parts_padded + p] / area);
-          }
-        }
-        scalar_t* dm_plane = dm + b * grad_masks.stride(0) + p * grad_masks.stride(1);
-        for_each_position(grad_masks, [&](int64_t s, int64_t offset) {
-          const acc_t mask = m[s * parts_padded + p];
-          const acc_t sign = static_cast<acc_t>((mask > 0) - (mask < 0));
-          dm_plane[offset] = static_cast<scalar_t>(g_line[s * g_space_stride] - sign * area_term);
-        });
-      }
-    };
-    // Tiles finished per sample: the thread finishing the last one computes dM.
-    std::vector<std::atomic<int64_t>> tiles_done(batch);
-
-    parallel_tasks(batch * tiles, [&](const auto& next_task) {
-      std::vector<acc_t> gs_by_part, gs_by_channel;
-      for (int64_t task; (task = next_task()) >= 0;) {
-        const int64_t b = task / tiles, tile = task % tiles, c0 = tile * kChannelTile;
-        const int64_t tile_channels = std::min(kChannelTile, channels - c0);
-        const int64_t tile_padded = round_up(tile_channels, kCols);
-        // gS = g / S on this tile, [p][C padded]; read transposed through strides where
-        // a left operand, copied transposed, [c][P padded], where G^T needs it on the right.
-        gs_by_part.assign(parts * tile_padded, acc_t(0));
-        for (int64_t p = 0; p < parts; ++p) {
-          const acc_t area = panels.area(b, p, eps);
-          const scalar_t* g_line = g + (b * parts + p) * channels + c0;
-          acc_t* gs_line = gs_by_part.data() + p * tile_padded;
-          for (int64_t c = 0; c < tile_channels; ++c) gs_line[c] = static_cast<acc_t>(g_line[c]) / area;
-        }
-        const scalar_t* f_tile = f.sample(b) + c0 * f.channel_stride;
-        acc_t* g_panel = partial_panel(b, tile);
-        if (g_by_part) {
-          // G[p, hw] = sum_c gS[p, c] F[c, hw]: each line of F is read once, as vectors.
-          gemm_panel<acc_t, kPartBlockRows, Prefetch::kFarB>(
-              gs_by_part.data(), tile_padded, int64_t(1), parts, f_tile, f.channel_stride, space, space,
-              tile_channels, [&](int64_t p, int64_t s0, const SumLine<acc_t>& line, int64_t count) {
-                line.store(g_panel + p * space_padded + s0, count);
-              });
-        } else {
-          gs_by_channel.assign(tile_channels * parts_padded, acc_t(0));
-          for (int64_t p = 0; p < parts; ++p) {
-            for (int64_t c = 0; c < tile_channels; ++c) {
-              gs_by_channel[c * parts_padded + p] = gs_by_part[p * tile_padded + c];
-            }
-          }
-          // G^T[hw, p] = sum_c F[c, hw] gS^T[c, p], accumulated a few channels at a time
-          // over whole padded lines (the padding of gS^T is zero).
-          std::fill(g_panel, g_panel + panel_size, acc_t(0));
-          const auto accumulate_g = [&](auto prefetch) {
-            for (int64_t c = 0; c < tile_channels; c += kChannelStep) {
-              gemm_panel<acc_t, kBlockRows, decltype(prefetch)::value>(
-                  f_tile + c * f.channel_stride, f.spatial_stride, f.channel_stride, space,
-                  gs_by_channel.data() + c * parts_padded, parts_padded, parts_padded, parts_padded,
-                  std::min(kChannelStep, tile_channels - c),
-                  [&](int64_t s, int64_t p0, const SumLine<acc_t>& line, int64_t) {
-                    line.add_to(g_panel + s * parts_padded + p0);
-                  });
-            }
-          };
-          if (f.channel_stride == 1) {
-            accumulate_g(PrefetchTag<Prefetch::kNextRowsToL2>{});
-          } else {
-            accumulate_g(PrefetchTag<Prefetch::kNone>{});
-          }
-        }
-
-        scalar_t* df_tile = df.sample(b) + c0 * df.channel_stride;
-        if (df_space_major) {
-          // dF[c, hw] = sum_p gS^T[c, p] M[p, hw]
-          gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
-              gs_by_part.data(), int64_t(1), tile_padded, tile_channels, panels.sample_by_part(b), space_padded,
-              space_padded, space, parts, [&](int64_t c, int64_t s0, const SumLine<acc_t>& line, int64_t count) {
-                line.stream(df_tile + c * df.channel_stride + s0, count);
-              });
-        } else {
-          // dF^T[hw, c] = sum_p M^T[hw, p] gS[p, c]
-          gemm_panel<acc_t, kBlockRows, Prefetch::kNone>(
-              panels.sample_by_space(b), parts_padded, int64_t(1), space, gs_by_part.data(), tile_padded,
-              tile_padded, tile_channels, parts,
-              [&](int64_t s, int64_t c_first, const SumLine<acc_t>& line, int64_t count) {
-                scalar_t* dst = df_tile + s * df.spatial_stride + c_first * df.channel_stride;
-                if (df.channel_stride == 1) return line.stream(dst, count);
-                for (int64_t j = 0; j < count; ++j) dst[j * df.channel_stride] = static_cast<scalar_t>(line[j]);
-              });
-        }
-        if (tiles_done[b].fetch_add(1, std::memory_order_acq_rel) + 1 == tiles) finish_grad_masks(b);
-      }
-      finish_streaming();
-    });
+    BackwardStages<scalar_t>(grad_contiguous, features, masks, grad_features_flat, grad_masks, eps).run();
   });
   if (!direct_grad_features) grad_features.copy_(grad_features_flat);
   return {grad_features, grad_masks};
