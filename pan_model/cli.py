@@ -379,7 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     _synth_arguments(synth)
 
     train = commands.add_parser("train", help="train a model from a YAML config")
-    train.add_argument("config", nargs="?", help="YAML config (configs/*.yaml)")
+    train.add_argument(
+        "config", nargs="?", help="a YAML file, or a packaged recipe's name (e.g. pan_resnet50_occluded_duke)"
+    )
     _overrides(train)
     train.add_argument(
         "--resume",
@@ -429,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="synthesise data, train and evaluate PAN, draw its masks (minutes on a CPU)"
     )
     demo.add_argument("--output-dir", default="runs/demo")
-    demo.add_argument("--config", help="default: configs/demo_gpu.yaml with a GPU, else configs/demo_cpu.yaml")
+    demo.add_argument("--config", help="default: the packaged demo_gpu recipe with a GPU, else demo_cpu")
     _overrides(demo)
     return parser
 
