@@ -17,10 +17,11 @@
 // tiles after one prologue, with the loads of the next step always in flight.
 //
 // Forward, pool_forward_kernel: a CTA per (sample, run of channel tiles, part chunk).
-//   It computes the part norms S once, stages M[b] in shared memory as accumulator type
-//   (in tiles of positions when HW is large) and streams F. A lane owns K channels and a
-//   quarter of HW (4 positions out of every 16): per step it loads a K x 4 tile of F and
-//   does K*4*PMAX FMAs against 4-wide shared reads of M; at the end of a channel tile
+//   It sums |M| per part once (S = max(sum|M|, eps)), stages M[b] in shared memory as
+//   accumulator type (in tiles of positions when HW is large) and streams F. A lane owns
+//   K channels and a quarter of HW (V = 4 positions out of every 16; 8 of 32 in the
+//   16-part tier): per step (forward_step) it loads a K x V tile of F and does K*V*PMAX
+//   FMAs against V-wide shared reads of M; at the end of a channel tile (store_pooled)
 //   the 4 lanes of a quad sum their products with a reduce-scatter and each stores
 //   PMAX/4 parts.
 //
@@ -28,12 +29,13 @@
 //   G[p,hw] = sum_c g[p,c] F[c,hw] / S[p],   dF[c,hw] = sum_p g[p,c] M[p,hw] / S[p],
 //   dM[p,hw] = G[p,hw] - sign(M[p,hw]) * (sum_hw' G M)[p] / S[p]  (only where sum|M| > eps).
 //   1. pool_backward_features_kernel: a CTA per (sample, run of channel tiles). A thread
-//      owns V positions, with M/S there in registers, and walks its share of each tile's
-//      channels U at a time against g of the tile in shared memory: it reads F once,
-//      writes dF once and accumulates sum_c g F over its channels. A fixed tree over the
-//      thread groups leaves one partial per CTA in a float workspace [B, CTAs per
-//      sample, P, HW]. Part chunks after the first add into dF (kept in float for half
-//      types until the last chunk, so that dF is rounded once).
+//      owns V positions, with M/S there in registers (begin_pass), and walks its share of
+//      each tile's channels U at a time (backward_step) against g of the tile in shared
+//      memory: it reads F once, writes dF once and accumulates sum_c g F over its channels.
+//      A fixed tree over the thread groups (sum_over_groups) leaves one partial per CTA in
+//      an accumulator-type workspace [B, CTAs per sample, P, HW] (store_cta_partials).
+//      Part chunks after the first add into dF (kept in float for half types until the
+//      last chunk, so that dF is rounded once).
 //   2. pool_backward_masks_kernel: a CTA per (sample, part) sums the partials in order
 //      into G and forms dM.
 //
@@ -97,16 +99,17 @@ __device__ __forceinline__ A warp_sum(A v) {
   return v;  // the same bits in every lane: each step adds the same two values
 }
 
-// S from the sum of |M|, which the kernels keep unclamped so the backward can tell clamped parts.
+// S = max(sum|M|, eps) from sum|M|, which the kernels keep unclamped so that the backward can
+// tell clamped parts.
 template <typename A>
-__device__ __forceinline__ A clamp_norm(A norm, A eps) {
-  return norm < eps ? eps : norm;  // NaN propagates as in clamp_min
+__device__ __forceinline__ A clamped_norm(A abs_sum, A eps) {
+  return abs_sum < eps ? eps : abs_sum;  // NaN propagates as in clamp_min
 }
 
-// norms[p] = sum_hw |m[p*HW + hw]| for p < parts, 0 for parts <= p < PMAX; one warp per
-// part, fixed order. The caller synchronises before reading norms.
+// abs_sums[p] = sum_hw |m[p*HW + hw]| for p < parts, 0 for parts <= p < PMAX; one warp per
+// part, fixed order. The caller synchronises before reading abs_sums.
 template <int PMAX, typename T, typename A>
-__device__ void part_norms(const T* __restrict__ m, int parts, int64_t HW, A* norms) {
+__device__ void part_abs_sums(const T* __restrict__ m, int parts, int64_t HW, A* abs_sums) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int p = warp; p < PMAX; p += kWarps) {
     A sum = 0;
@@ -114,7 +117,7 @@ __device__ void part_norms(const T* __restrict__ m, int parts, int64_t HW, A* no
       for (int64_t hw = lane; hw < HW; hw += 32) sum += fabs(static_cast<A>(m[p * HW + hw]));
     }
     sum = warp_sum(sum);
-    if (lane == 0) norms[p] = sum;
+    if (lane == 0) abs_sums[p] = sum;
   }
 }
 
@@ -151,8 +154,12 @@ struct RawTile {
     if constexpr (kFirst) return packs[i].v[j];
     else return packs[j].v[i];
   }
+  __device__ __forceinline__ const T& at(int i, int j) const {
+    if constexpr (kFirst) return packs[i].v[j];
+    else return packs[j].v[i];
+  }
   template <typename A>
-  __device__ __forceinline__ A value(int i, int j) {
+  __device__ __forceinline__ A value(int i, int j) const {
     return static_cast<A>(at(i, j));
   }
 };
@@ -226,6 +233,29 @@ __device__ __forceinline__ void exchange_halves(A (&acc)[K][PMAX], int lane_bit,
     }
 }
 
+// acc = 0.
+template <int R, int S, typename A>
+__device__ __forceinline__ void set_zero(A (&acc)[R][S]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < S; ++j) acc[i][j] = 0;
+}
+
+// The work of one CTA of the forward or backward-features grid: channel tiles
+// [tile_begin, tile_begin + tiles) of sample b, its slice-th run of tiles.
+struct CtaTiles {
+  int64_t b, slice, tile_begin, tiles;
+};
+
+__device__ __forceinline__ CtaTiles cta_tiles(int64_t channel_tiles, int64_t tiles_per_cta, int64_t ctas_per_sample) {
+  const int64_t b = blockIdx.x / ctas_per_sample;
+  const int64_t slice = blockIdx.x % ctas_per_sample;
+  const int64_t tile_begin = slice * tiles_per_cta;
+  const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
+  return {b, slice, tile_begin, tiles};
+}
+
 // ---------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------
@@ -250,6 +280,48 @@ __device__ void fill_mask_tile(const T* __restrict__ m, int parts, int64_t HW, i
   }
 }
 
+// Forward step: acc[i][p] += sum_j F[i][j] M[p][j] for the lane's K x V tile of F, with
+// mask_row (part 0's row of the mask tile at the lane's positions) read V-wide per part.
+template <int kHwTile, int V, typename Raw, int K, int PMAX, typename A>
+__device__ __forceinline__ void forward_step(const Raw& x, const A* mask_row, A (&acc)[K][PMAX]) {
+  A fv[K][V];
+#pragma unroll
+  for (int i = 0; i < K; ++i)
+#pragma unroll
+    for (int j = 0; j < V; ++j) fv[i][j] = x.template value<A>(i, j);
+#pragma unroll
+  for (int p = 0; p < PMAX; ++p) {
+    const Pack<A, V> mv = *reinterpret_cast<const Pack<A, V>*>(mask_row + p * kHwTile);
+#pragma unroll
+    for (int i = 0; i < K; ++i)
+#pragma unroll
+      for (int j = 0; j < V; ++j) acc[i][p] += fv[i][j] * mv.v[j];
+  }
+}
+
+// Pooled output of a channel tile: the quad's sums of acc, divided by S, into out_rows[part * C + c]
+// for the PMAX/4 parts lane q keeps; the lane's channels are c_first, c_first + c_step, ...
+template <int PMAX, int K, typename T, typename A>
+__device__ __forceinline__ void store_pooled(A (&acc)[K][PMAX], int q, const A* abs_sums, A eps, int parts,
+                                             T* out_rows, int64_t C, int64_t c_first, int c_step) {
+  // Reduce-scatter over the quad; afterwards lane q holds parts q*PMAX/4 + j in acc[i][j], j < PMAX/4.
+  exchange_halves<PMAX / 2>(acc, 2, (q & 2) != 0);
+  exchange_halves<PMAX / 4>(acc, 1, (q & 1) != 0);
+#pragma unroll
+  for (int j = 0; j < PMAX / 4; ++j) {
+    const int part = q * (PMAX / 4) + j;
+    if (part < parts) {
+      const A norm = clamped_norm(abs_sums[part], eps);
+      T* row = out_rows + part * C;
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        const int64_t c = c_first + int64_t(i) * c_step;
+        if (c < C) row[c] = static_cast<T>(acc[i][j] / norm);
+      }
+    }
+  }
+}
+
 template <typename T, int PMAX, Layout L, bool kVector>
 __global__ void __launch_bounds__(kThreads, kForwardBlocksPerSm<T>)
 pool_forward_kernel(const T* __restrict__ features, const T* __restrict__ masks, T* __restrict__ out,
@@ -262,16 +334,15 @@ pool_forward_kernel(const T* __restrict__ features, const T* __restrict__ masks,
   constexpr int kHwTile = kMaskTileBytes / (PMAX * int(sizeof(A)));
   static_assert(kHwTile % kStep == 0 && PMAX % 4 == 0, "tile sizes");
   __shared__ __align__(16) A mask_tile[PMAX * kHwTile];
-  __shared__ A norms[PMAX];
+  __shared__ A abs_sums[PMAX];
 
-  // This CTA: sample b, parts [p0, p0 + parts), channel tiles [tile_begin, tile_begin + tiles).
-  const int64_t b = blockIdx.x / ctas_per_sample;
-  const int64_t tile_begin = (blockIdx.x % ctas_per_sample) * tiles_per_cta;
-  const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
+  // This CTA: parts [p0, p0 + parts) of its channel tiles.
+  const CtaTiles cta = cta_tiles(channel_tiles, tiles_per_cta, ctas_per_sample);
   const int p0 = blockIdx.y * PMAX;
   const int parts = min(PMAX, P - p0);
-  const T* f = features + b * C * HW;
-  const T* m = masks + (b * P + p0) * HW;
+  const T* f = features + cta.b * C * HW;
+  const T* m = masks + (cta.b * P + p0) * HW;
+  T* out_rows = out + (cta.b * P + p0) * C;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int quad = lane / 4, q = lane % 4;
@@ -285,22 +356,19 @@ pool_forward_kernel(const T* __restrict__ features, const T* __restrict__ masks,
   const int64_t steps = (HW + kStep - 1) / kStep;
   using Raw = RawTile<L, K, V, T>;
   auto load_unit = [&](int64_t tile, int64_t step, Raw& x) {
-    load_tile<L, kVector>(f, C, HW, (tile_begin + tile) * kCta + lane_channel, c_step, step * kStep + q * V, HW, x);
+    load_tile<L, kVector>(f, C, HW, (cta.tile_begin + tile) * kCta + lane_channel, c_step, step * kStep + q * V, HW,
+                          x);
   };
   Raw cur;
   load_unit(0, 0, cur);
 
-  part_norms<PMAX>(m, parts, HW, norms);
+  part_abs_sums<PMAX>(m, parts, HW, abs_sums);
   const bool one_mask_tile = HW <= kHwTile;
   if (one_mask_tile) fill_mask_tile<PMAX, kHwTile, kStep>(m, parts, HW, 0, mask_tile);
   __syncthreads();
 
   A acc[K][PMAX];
-#pragma unroll
-  for (int i = 0; i < K; ++i)
-#pragma unroll
-    for (int p = 0; p < PMAX; ++p) acc[i][p] = 0;
-
+  set_zero(acc);
   int64_t tile = 0, step = 0;
   for (;;) {
     const int64_t hw_base = step * kStep;
@@ -313,47 +381,14 @@ pool_forward_kernel(const T* __restrict__ features, const T* __restrict__ masks,
     const int64_t next_tile = last_step ? tile + 1 : tile;
     const int64_t next_step = last_step ? 0 : step + 1;
     Raw next;
-    if (next_tile < tiles) load_unit(next_tile, next_step, next);
+    if (next_tile < cta.tiles) load_unit(next_tile, next_step, next);
 
-    A fv[K][V];
-#pragma unroll
-    for (int i = 0; i < K; ++i)
-#pragma unroll
-      for (int j = 0; j < V; ++j) fv[i][j] = cur.template value<A>(i, j);
-    const int m_offset = static_cast<int>(hw_base % kHwTile) + q * V;
-#pragma unroll
-    for (int p = 0; p < PMAX; ++p) {
-      const Pack<A, V> mv = *reinterpret_cast<const Pack<A, V>*>(&mask_tile[p * kHwTile + m_offset]);
-#pragma unroll
-      for (int i = 0; i < K; ++i)
-#pragma unroll
-        for (int j = 0; j < V; ++j) acc[i][p] += fv[i][j] * mv.v[j];
-    }
-
+    forward_step<kHwTile, V>(cur, mask_tile + static_cast<int>(hw_base % kHwTile) + q * V, acc);
     if (last_step) {
-      // Sum over the quad; afterwards lane q holds parts q*PMAX/4 + j in acc[i][j], j < PMAX/4.
-      exchange_halves<PMAX / 2>(acc, 2, (q & 2) != 0);
-      exchange_halves<PMAX / 4>(acc, 1, (q & 1) != 0);
-      const int64_t c_first = (tile_begin + tile) * kCta + lane_channel;
-#pragma unroll
-      for (int j = 0; j < PMAX / 4; ++j) {
-        const int part = q * (PMAX / 4) + j;
-        if (part < parts) {
-          const A area = clamp_norm(norms[part], eps);
-          T* row = out + (b * P + p0 + part) * C;
-#pragma unroll
-          for (int i = 0; i < K; ++i) {
-            const int64_t c = c_first + int64_t(i) * c_step;
-            if (c < C) row[c] = static_cast<T>(acc[i][j] / area);
-          }
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < K; ++i)
-#pragma unroll
-        for (int p = 0; p < PMAX; ++p) acc[i][p] = 0;
+      store_pooled(acc, q, abs_sums, eps, parts, out_rows, C, (cta.tile_begin + tile) * kCta + lane_channel, c_step);
+      set_zero(acc);
     }
-    if (next_tile == tiles) break;
+    if (next_tile == cta.tiles) break;
     cur = next;
     tile = next_tile;
     step = next_step;
@@ -389,13 +424,123 @@ __device__ void fill_grad_tile(const T* __restrict__ g, int parts, int64_t C, in
   }
 }
 
+// Stages M/S of a pass as stage[p][pos] (row stride kRow) for its pass_positions positions
+// from pass_start, zero outside the parts and HW. The caller synchronises.
+template <int PMAX, int kRow, typename T, typename A>
+__device__ void stage_scaled_masks(const T* __restrict__ m, int parts, int64_t HW, int64_t pass_start,
+                                   int pass_positions, const A* abs_sums, A eps, A* stage) {
+  for (int idx = threadIdx.x; idx < PMAX * pass_positions; idx += kThreads) {
+    const int p = idx / pass_positions, pos = idx - p * pass_positions;
+    const int64_t hw = pass_start + pos;
+    stage[p * kRow + pos] =
+        (p < parts && hw < HW) ? static_cast<A>(m[p * HW + hw]) / clamped_norm(abs_sums[p], eps) : A(0);
+  }
+}
+
+// A thread of the backward-features kernel: position lane h of a pass (hw_lanes of them) in
+// channel group `group` of `groups`, each group whole warps.
+struct GroupLane {
+  int hw_lanes, groups, group, h;
+
+  __device__ __forceinline__ explicit GroupLane(int lanes)
+      : hw_lanes(lanes), groups(kThreads / lanes), group(threadIdx.x / lanes), h(threadIdx.x % lanes) {}
+};
+
+// Start of a pass: the thread's M/S at its V positions, out of the stage, and G sums of zero.
+template <int kRow, int PMAX, int V, typename A>
+__device__ __forceinline__ void begin_pass(const A* stage, int h, A (&mv)[PMAX][V], A (&g_acc)[PMAX][V]) {
+#pragma unroll
+  for (int p = 0; p < PMAX; ++p) {
+    const Pack<A, V> row = *reinterpret_cast<const Pack<A, V>*>(&stage[p * kRow + h * V]);
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      mv[p][v] = row.v[v];
+      g_acc[p][v] = 0;
+    }
+  }
+}
+
+// Backward step over U channels at the thread's V positions: d[u] = sum_p g[u][p] M/S[p] (its dF
+// values) and g_acc[p] += g[u][p] F[u] (its G sums); gs = g of the step's channels, [U][PMAX].
+template <typename Raw, int PMAX, int U, int V, typename A>
+__device__ __forceinline__ void backward_step(const Raw& x, const A* gs, const A (&mv)[PMAX][V], A (&g_acc)[PMAX][V],
+                                              A (&d)[U][V]) {
+  A xv[U][V];
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+#pragma unroll
+    for (int v = 0; v < V; ++v) xv[u][v] = x.template value<A>(u, v);
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+#pragma unroll
+    for (int v = 0; v < V; ++v) d[u][v] = 0;
+    const A* gs_channel = gs + u * PMAX;  // the same address in a warp: broadcast
+#pragma unroll
+    for (int p4 = 0; p4 < PMAX; p4 += 4) {
+      const Pack<A, 4> g4 = *reinterpret_cast<const Pack<A, 4>*>(gs_channel + p4);
+#pragma unroll
+      for (int pp = 0; pp < 4; ++pp)
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          g_acc[p4 + pp][v] += g4.v[pp] * xv[u][v];
+          d[u][v] += g4.v[pp] * mv[p4 + pp][v];
+        }
+    }
+  }
+}
+
+// slot[p * V + v] = g_acc[p][v]: one thread's G sums in the stage.
+template <int PMAX, int V, typename A>
+__device__ __forceinline__ void put_slot(const A (&g_acc)[PMAX][V], A* slot) {
+#pragma unroll
+  for (int p = 0; p < PMAX; ++p)
+#pragma unroll
+    for (int v = 0; v < V; ++v) slot[p * V + v] = g_acc[p][v];
+}
+
+// Sum over the channel groups, a fixed-order tree through the stage: each round the upper half
+// of the groups left adds into the lower half; group 0 ends with the CTA's sums.
+template <int kSlot, int PMAX, int V, typename A>
+__device__ __forceinline__ void sum_over_groups(A (&g_acc)[PMAX][V], A* stage, const GroupLane& thread) {
+  for (int half = thread.groups / 2; half >= 1; half /= 2) {
+    __syncthreads();  // the stage is free
+    if (thread.group >= half && thread.group < 2 * half) {
+      put_slot(g_acc, &stage[((thread.group - half) * thread.hw_lanes + thread.h) * kSlot]);
+    }
+    __syncthreads();
+    if (thread.group < half) {
+      const A* slot = &stage[(thread.group * thread.hw_lanes + thread.h) * kSlot];
+#pragma unroll
+      for (int p = 0; p < PMAX; ++p)
+#pragma unroll
+        for (int v = 0; v < V; ++v) g_acc[p][v] += slot[p * V + v];
+    }
+  }
+}
+
+// Group 0's sums of a pass into the CTA's partial of G, out through the stage so that the
+// global writes are a flat coalesced loop.
+template <int kSlot, int PMAX, int V, typename A>
+__device__ __forceinline__ void store_cta_partials(const A (&g_acc)[PMAX][V], A* stage, const GroupLane& thread,
+                                                   int parts, int64_t pass_start, int pass_positions, int64_t HW,
+                                                   A* cta_partials) {
+  __syncthreads();
+  if (thread.group == 0) put_slot(g_acc, &stage[thread.h * kSlot]);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < parts * pass_positions; idx += kThreads) {
+    const int p = idx / pass_positions, pos = idx - p * pass_positions;
+    const int64_t hw = pass_start + pos;
+    if (hw < HW) cta_partials[p * HW + hw] = stage[(pos / V) * kSlot + p * V + pos % V];
+  }
+}
+
 // D: the type dF is written in; T, or the accumulator type where several part chunks add
 // into dF (half types: one rounding at the end instead of one per chunk).
 template <typename T, int PMAX, Layout L, bool kVector, typename D>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<T, PMAX>)
 pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ features,
                               const T* __restrict__ masks, D* __restrict__ grad_features,
-                              acc_t<T>* __restrict__ g_partials, acc_t<T>* __restrict__ norms_out,
+                              acc_t<T>* __restrict__ g_partials, acc_t<T>* __restrict__ abs_sums_out,
                               int64_t C, int64_t HW, int P, int p0, int64_t channel_tiles, int64_t tiles_per_cta,
                               int64_t ctas_per_sample, int hw_lanes, bool accumulate, acc_t<T> eps) {
   using A = acc_t<T>;
@@ -411,102 +556,64 @@ pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ 
   static_assert(kSteps % (kThreads / 32 * kUnroll) == 0, "whole batches for every group count");
   __shared__ __align__(16) A grad_tile[kCta * PMAX];       // g[c][p] of the current tile
   __shared__ __align__(16) A stage[Tile::kStageValues];    // M/S of the pass, then G partials
-  __shared__ A norms[PMAX];
+  __shared__ A abs_sums[PMAX];
 
-  // This CTA: sample b, parts [p0, p0 + parts), channel tiles [tile_begin, tile_begin + tiles).
-  const int64_t b = blockIdx.x / ctas_per_sample;
-  const int64_t slice = blockIdx.x % ctas_per_sample;
-  const int64_t tile_begin = slice * tiles_per_cta;
-  const int64_t tiles = tiles_per_cta < channel_tiles - tile_begin ? tiles_per_cta : channel_tiles - tile_begin;
+  // This CTA: parts [p0, p0 + parts) of its channel tiles.
+  const CtaTiles cta = cta_tiles(channel_tiles, tiles_per_cta, ctas_per_sample);
   const int parts = min(PMAX, P - p0);
-  const T* f = features + b * C * HW;
-  D* df = grad_features + b * C * HW;
-  const T* m = masks + (b * P + p0) * HW;
-  const T* g = grad + (b * P + p0) * C;
+  const T* f = features + cta.b * C * HW;
+  D* df = grad_features + cta.b * C * HW;
+  const T* m = masks + (cta.b * P + p0) * HW;
+  const T* g = grad + (cta.b * P + p0) * C;
 
-  // Thread = (group, h): position lane h of a pass, channel group `group` (whole warps).
-  // Group `group` takes the steps group, group + groups, ... of every tile, kUnroll at a time.
-  const int groups = kThreads / hw_lanes;
-  const int group = threadIdx.x / hw_lanes, h = threadIdx.x % hw_lanes;
-  const int batches = kSteps / (groups * kUnroll);  // per tile
+  // Channel group j takes the steps j, j + groups, ... of every tile, kUnroll at a time.
+  const GroupLane thread(hw_lanes);
+  const int batches = kSteps / (thread.groups * kUnroll);  // per tile
   using Raw = RawTile<L, U, V, T>;
   auto load_batch = [&](int64_t tile, int batch, int64_t hw0, Raw(&x)[kUnroll]) {
 #pragma unroll
     for (int k = 0; k < kUnroll; ++k) {
-      const int s = group + (batch * kUnroll + k) * groups;
-      load_tile<L, kVector>(f, C, HW, (tile_begin + tile) * kCta + s * U, 1, hw0, HW, x[k]);
+      const int s = thread.group + (batch * kUnroll + k) * thread.groups;
+      load_tile<L, kVector>(f, C, HW, (cta.tile_begin + tile) * kCta + s * U, 1, hw0, HW, x[k]);
     }
   };
 
   Raw x[kUnroll];
   const int pass_positions = hw_lanes * V;
-  if (int64_t(h) * V < HW) load_batch(0, 0, int64_t(h) * V, x);  // in flight during the prologue
+  if (int64_t(thread.h) * V < HW) load_batch(0, 0, int64_t(thread.h) * V, x);  // in flight during the prologue
 
-  part_norms<PMAX>(m, parts, HW, norms);
+  part_abs_sums<PMAX>(m, parts, HW, abs_sums);
   __syncthreads();
-  if (slice == 0 && threadIdx.x < parts) norms_out[b * P + p0 + threadIdx.x] = norms[threadIdx.x];
+  if (cta.slice == 0 && threadIdx.x < parts) abs_sums_out[cta.b * P + p0 + threadIdx.x] = abs_sums[threadIdx.x];
 
-  A* cta_partials = g_partials + ((b * ctas_per_sample + slice) * P + p0) * HW;
+  A* cta_partials = g_partials + ((cta.b * ctas_per_sample + cta.slice) * P + p0) * HW;
   for (int64_t pass_start = 0; pass_start < HW; pass_start += pass_positions) {
-    const int64_t hw0 = pass_start + int64_t(h) * V;
+    const int64_t hw0 = pass_start + int64_t(thread.h) * V;
     const bool active = hw0 < HW;
     // Stage M/S of the pass (dF = sum_p g M/S needs no division of g) and g of the first tile.
     __syncthreads();  // the stage and grad tile are free
-    for (int idx = threadIdx.x; idx < PMAX * pass_positions; idx += kThreads) {
-      const int p = idx / pass_positions, pos = idx - p * pass_positions;
-      const int64_t hw = pass_start + pos;
-      stage[p * kRow + pos] =
-          (p < parts && hw < HW) ? static_cast<A>(m[p * HW + hw]) / clamp_norm(norms[p], eps) : A(0);
-    }
-    fill_grad_tile<PMAX, kCta>(g, parts, C, tile_begin * kCta, grad_tile);
+    stage_scaled_masks<PMAX, kRow>(m, parts, HW, pass_start, pass_positions, abs_sums, eps, stage);
+    fill_grad_tile<PMAX, kCta>(g, parts, C, cta.tile_begin * kCta, grad_tile);
     __syncthreads();
     if (pass_start > 0 && active) load_batch(0, 0, hw0, x);
     A mv[PMAX][V], g_acc[PMAX][V];
-#pragma unroll
-    for (int p = 0; p < PMAX; ++p) {
-      const Pack<A, V> row = *reinterpret_cast<const Pack<A, V>*>(&stage[p * kRow + h * V]);
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        mv[p][v] = row.v[v];
-        g_acc[p][v] = 0;
-      }
-    }
+    begin_pass<kRow>(stage, thread.h, mv, g_acc);
 
 #pragma unroll 1
-    for (int64_t tile = 0; tile < tiles; ++tile) {
+    for (int64_t tile = 0; tile < cta.tiles; ++tile) {
 #pragma unroll 1
       for (int batch = 0; batch < batches; ++batch) {
         const bool last_batch = batch + 1 == batches;
-        const bool has_next = !(last_batch && tile + 1 == tiles);
+        const bool has_next = !(last_batch && tile + 1 == cta.tiles);
         Raw x_next[kUnroll];
         if (active && has_next) load_batch(last_batch ? tile + 1 : tile, last_batch ? 0 : batch + 1, hw0, x_next);
         if (active) {
 #pragma unroll
           for (int k = 0; k < kUnroll; ++k) {
-            const int s = group + (batch * kUnroll + k) * groups;
-            A d[U][V], xv[U][V];
-#pragma unroll
-            for (int u = 0; u < U; ++u)
-#pragma unroll
-              for (int v = 0; v < V; ++v) xv[u][v] = x[k].template value<A>(u, v);
-#pragma unroll
-            for (int u = 0; u < U; ++u) {
-#pragma unroll
-              for (int v = 0; v < V; ++v) d[u][v] = 0;
-              const A* gs = &grad_tile[(s * U + u) * PMAX];  // the same address in a warp: broadcast
-#pragma unroll
-              for (int p4 = 0; p4 < PMAX; p4 += 4) {
-                const Pack<A, 4> g4 = *reinterpret_cast<const Pack<A, 4>*>(gs + p4);
-#pragma unroll
-                for (int pp = 0; pp < 4; ++pp)
-#pragma unroll
-                  for (int v = 0; v < V; ++v) {
-                    g_acc[p4 + pp][v] += g4.v[pp] * xv[u][v];
-                    d[u][v] += g4.v[pp] * mv[p4 + pp][v];
-                  }
-              }
-            }
-            store_tile<L, kVector>(df, C, HW, (tile_begin + tile) * kCta + s * U, hw0, d, accumulate);
+            const int s = thread.group + (batch * kUnroll + k) * thread.groups;
+            A d[U][V];
+            backward_step(x[k], &grad_tile[s * U * PMAX], mv, g_acc, d);
+            store_tile<L, kVector>(df, C, HW, (cta.tile_begin + tile) * kCta + s * U, hw0, d, accumulate);
           }
           if (has_next) {
 #pragma unroll
@@ -514,55 +621,22 @@ pool_backward_features_kernel(const T* __restrict__ grad, const T* __restrict__ 
           }
         }
       }
-      if (tile + 1 < tiles) {
+      if (tile + 1 < cta.tiles) {
         __syncthreads();  // every group is done with this tile's g
-        fill_grad_tile<PMAX, kCta>(g, parts, C, (tile_begin + tile + 1) * kCta, grad_tile);
+        fill_grad_tile<PMAX, kCta>(g, parts, C, (cta.tile_begin + tile + 1) * kCta, grad_tile);
         __syncthreads();
       }
     }
 
-    // Fixed-order tree over the groups in the stage, slot = thread's place in the upper half:
-    // the upper half adds into the lower half. Group 0 ends with the CTA's sums.
-    for (int half = groups / 2; half >= 1; half /= 2) {
-      __syncthreads();  // the stage is free
-      if (group >= half && group < 2 * half) {
-        A* slot = &stage[((group - half) * hw_lanes + h) * kSlot];
-#pragma unroll
-        for (int p = 0; p < PMAX; ++p)
-#pragma unroll
-          for (int v = 0; v < V; ++v) slot[p * V + v] = g_acc[p][v];
-      }
-      __syncthreads();
-      if (group < half) {
-        const A* slot = &stage[(group * hw_lanes + h) * kSlot];
-#pragma unroll
-        for (int p = 0; p < PMAX; ++p)
-#pragma unroll
-          for (int v = 0; v < V; ++v) g_acc[p][v] += slot[p * V + v];
-      }
-    }
-    // Out through the stage, so that the global writes are a flat coalesced loop.
-    __syncthreads();
-    if (group == 0) {
-      A* slot = &stage[h * kSlot];
-#pragma unroll
-      for (int p = 0; p < PMAX; ++p)
-#pragma unroll
-        for (int v = 0; v < V; ++v) slot[p * V + v] = g_acc[p][v];
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < parts * pass_positions; idx += kThreads) {
-      const int p = idx / pass_positions, pos = idx - p * pass_positions;
-      const int64_t hw = pass_start + pos;
-      if (hw < HW) cta_partials[p * HW + hw] = stage[(pos / V) * kSlot + p * V + pos % V];
-    }
+    sum_over_groups<kSlot>(g_acc, stage, thread);
+    store_cta_partials<kSlot>(g_acc, stage, thread, parts, pass_start, pass_positions, HW, cta_partials);
   }
 }
 
 // One CTA per (sample, part): G = (sum of the CTA partials of sum_c g F, in order) / S, then dM.
 template <typename T>
 __global__ void __launch_bounds__(kMaskThreads)
-pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restrict__ norms,
+pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restrict__ abs_sums,
                            acc_t<T>* __restrict__ g_partials, T* __restrict__ grad_masks, int64_t HW, int P,
                            int64_t ctas_per_sample, acc_t<T> eps) {
   using A = acc_t<T>;
@@ -576,14 +650,14 @@ pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restri
   // row receives G for the second loop.
   A* g = g_partials + (b * ctas_per_sample * P + p) * HW;
   const int64_t slice_stride = int64_t(P) * HW;
-  const A norm = norms[bp];
-  const A area = clamp_norm(norm, eps);
+  const A abs_sum = abs_sums[bp];
+  const A norm = clamped_norm(abs_sum, eps);
 
   A dot = 0;
   for (int64_t hw = threadIdx.x; hw < HW; hw += kMaskThreads) {
     A total = 0;
     for (int64_t t = 0; t < ctas_per_sample; ++t) total += g[t * slice_stride + hw];
-    total /= area;
+    total /= norm;
     g[hw] = total;
     dot += total * static_cast<A>(m[hw]);
   }
@@ -594,8 +668,8 @@ pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restri
 #pragma unroll
   for (int w = 0; w < kMaskWarps; ++w) dot += warp_dots[w];
 
-  // d S / d M = sign(M) where the norm was not clamped, else 0 (then S = norm).
-  const A coef = norm > eps ? dot / norm : A(0);
+  // d S / d M = sign(M) where sum|M| was not clamped (there S = sum|M|), else 0.
+  const A coef = abs_sum > eps ? dot / abs_sum : A(0);
   for (int64_t hw = threadIdx.x; hw < HW; hw += kMaskThreads) {
     const A mv = static_cast<A>(m[hw]);
     const A sign = static_cast<A>((mv > A(0)) - (mv < A(0)));
@@ -734,9 +808,9 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
     const TileSplit split = split_tiles(channel_tiles, B, target.multiprocessors, kBackwardBlocksPerSm<T, PMAX>);
     check_grid(B * split.ctas_per_sample, "the backward");
     check_grid(B * P, "the backward");
-    // Extra memory: one partial of G per CTA, and the part norms.
+    // Extra memory: one partial of G per CTA, and sum|M| of every part.
     at::Tensor g_partials = at::empty({B, split.ctas_per_sample, P, HW}, acc_options);
-    at::Tensor norms = at::empty({B, P}, acc_options);
+    at::Tensor abs_sums = at::empty({B, P}, acc_options);
     const int hw_lanes = backward_hw_lanes(ceil_div(HW, V));
     const bool vectorized = first ? packs_fit(features, HW, V) : packs_fit(features, C, U);
     // Chunks of parts run in order, later ones adding into dF: through a float copy of dF
@@ -748,7 +822,7 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
           launch_kernel(
               pool_backward_features_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value, D>,
               dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, target.stream, grad.data_ptr<T>(),
-              features.data_ptr<T>(), masks.data_ptr<T>(), df, g_partials.data_ptr<A>(), norms.data_ptr<A>(), C,
+              features.data_ptr<T>(), masks.data_ptr<T>(), df, g_partials.data_ptr<A>(), abs_sums.data_ptr<A>(), C,
               HW, P, p0, channel_tiles, split.tiles_per_cta, split.ctas_per_sample, hw_lanes, p0 > 0, eps_acc);
         }
       });
@@ -764,8 +838,8 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
     }
     if (!written) run_chunks(grad_features.data_ptr<T>());
     launch_kernel(pool_backward_masks_kernel<T>, dim3(static_cast<unsigned>(B * P)), kMaskThreads, target.stream,
-                  masks.data_ptr<T>(), norms.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(), HW,
-                  P, split.ctas_per_sample, eps_acc);
+                  masks.data_ptr<T>(), abs_sums.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(),
+                  HW, P, split.ctas_per_sample, eps_acc);
   });
 }
 
