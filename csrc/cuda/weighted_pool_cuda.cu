@@ -1,6 +1,8 @@
 // CUDA registration of pan_ops::weighted_pool and its private backward: input
 // checks, device guard and launches on the current stream. The kernels and their design are
 // in weighted_pool_kernels.cuh.
+#include "weighted_pool_kernels.cuh"
+
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -12,26 +14,19 @@
 namespace pan_ops {
 namespace {
 
-struct Target {
+// Launches on one device's current stream, so launches run in the order they are made.
+struct StreamLauncher {
   int multiprocessors;
   cudaStream_t stream;
+
+  template <typename... Params, typename... Args>
+  void launch(void (*kernel)(Params...), dim3 grid, int threads, Args... args) const {
+    kernel<<<grid, threads, 0, stream>>>(static_cast<Params>(args)...);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
 };
 
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, int threads, cudaStream_t stream, Args... args) {
-  kernel<<<grid, threads, 0, stream>>>(static_cast<Params>(args)...);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-}  // namespace
-}  // namespace pan_ops
-
-#include "weighted_pool_kernels.cuh"
-
-namespace pan_ops {
-namespace {
-
-Target current_target(const at::Tensor& t) {
+StreamLauncher current_launcher(const at::Tensor& t) {
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.get_device()));
   return {count, c10::cuda::getCurrentCUDAStream(t.get_device()).stream()};
@@ -44,7 +39,7 @@ at::Tensor weighted_pool_cuda(const at::Tensor& features, const at::Tensor& mask
   TORCH_CHECK(masks.size(1) <= std::numeric_limits<int>::max(), "weighted_pool: too many parts (masks ",
               masks.sizes(), ")");
   const c10::cuda::CUDAGuard device_guard(features.device());
-  return pool_forward(current_target(features), features, masks, eps);
+  return pool_forward(current_launcher(features), features, masks, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cuda(const at::Tensor& grad, const at::Tensor& features,
@@ -55,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cuda(const at::Tensor&
   TORCH_CHECK(masks.size(1) <= std::numeric_limits<int>::max(), "weighted_pool backward: too many parts (masks ",
               masks.sizes(), ")");
   const c10::cuda::CUDAGuard device_guard(features.device());
-  return pool_backward(current_target(features), grad, features, masks, eps);
+  return pool_backward(current_launcher(features), grad, features, masks, eps);
 }
 
 }  // namespace

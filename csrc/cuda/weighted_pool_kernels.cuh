@@ -1,5 +1,5 @@
 // Fused CUDA kernels of pan_ops::weighted_pool and pan_ops::weighted_pool_backward, and the
-// op's body that plans and launches them.
+// op's body that plans their launches (run by the includer's launcher, see the end of this comment).
 //
 //   S[b,p]   = max(sum_hw |M[b,p,hw]|, eps)
 //   f[b,p,c] = sum_hw F[b,c,hw] M[b,p,hw] / S[b,p]
@@ -41,9 +41,15 @@
 //
 // Two programs include this file: the CUDA build (weighted_pool_cuda.cu) and a CPU
 // emulation of CUDA's execution model that the tests run where there is no GPU
-// (tests/cuda_emulation). Each provides, before including it: dim3 and the device-side
-// names the kernels use; `Target` {int multiprocessors; stream}; and
-// launch_kernel(kernel, grid, threads, stream, args...), which runs the kernel's grid.
+// (tests/cuda_emulation). It needs nothing declared before it but what CUDA itself
+// provides (dim3, threadIdx, blockIdx, __syncthreads, __shfl_xor_sync, __global__ and the
+// other qualifiers, fabs, min), which the emulation supplies in its own section. How
+// kernels are launched is the includer's: pool_forward and pool_backward take a launcher,
+// an object of any type with
+//   int multiprocessors;  the device's SM count, which sizes the grids (split_tiles), and
+//   launch(kernel, dim3 grid, int threads, args...) const, which runs
+//       kernel<<<grid, threads>>>(args...) after every launch made before it (the
+//       backward's launches read and add into what the earlier ones wrote).
 #pragma once
 
 #include "weighted_pool.h"
@@ -753,8 +759,8 @@ void check_grid(int64_t blocks, const char* what) {
               " needs more CUDA blocks than a grid holds (", blocks, ")");
 }
 
-template <typename T>
-void launch_forward(const Target& target, const FeatureView& view, const at::Tensor& masks, at::Tensor& out,
+template <typename T, typename Launcher>
+void launch_forward(const Launcher& launcher, const FeatureView& view, const at::Tensor& masks, at::Tensor& out,
                     double eps) {
   const at::Tensor& features = view.tensor;
   const int64_t B = features.size(0), C = features.size(1), HW = features.size(2) * features.size(3);
@@ -765,15 +771,15 @@ void launch_forward(const Target& target, const FeatureView& view, const at::Ten
     const int64_t channel_tiles = ceil_div(C, Tile::kCtaChannels);
     const int64_t chunks = ceil_div(P, PMAX);
     TORCH_CHECK(chunks <= 65535, "weighted_pool: too many parts (masks ", masks.sizes(), ")");
-    const TileSplit split = split_tiles(channel_tiles, B * chunks, target.multiprocessors, kForwardBlocksPerSm<T>);
+    const TileSplit split = split_tiles(channel_tiles, B * chunks, launcher.multiprocessors, kForwardBlocksPerSm<T>);
     check_grid(B * split.ctas_per_sample, "the forward");
     const dim3 grid(static_cast<unsigned>(B * split.ctas_per_sample), static_cast<unsigned>(chunks));
     const bool vectorized = view.layout == Layout::kChannelsFirst ? packs_fit(features, HW, Tile::kPositions)
                                                                   : packs_fit(features, C, Tile::kChannels);
     dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
-      launch_kernel(pool_forward_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value>, grid, kThreads,
-                    target.stream, features.data_ptr<T>(), masks.data_ptr<T>(), out.data_ptr<T>(), C, HW, P,
-                    channel_tiles, split.tiles_per_cta, split.ctas_per_sample, static_cast<acc_t<T>>(eps));
+      launcher.launch(pool_forward_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value>, grid, kThreads,
+                      features.data_ptr<T>(), masks.data_ptr<T>(), out.data_ptr<T>(), C, HW, P, channel_tiles,
+                      split.tiles_per_cta, split.ctas_per_sample, static_cast<acc_t<T>>(eps));
     });
   });
 }
@@ -786,8 +792,8 @@ int backward_hw_lanes(int64_t positions) {
   return lanes;
 }
 
-template <typename T>
-void launch_backward(const Target& target, const at::Tensor& grad, const FeatureView& view, const at::Tensor& masks,
+template <typename T, typename Launcher>
+void launch_backward(const Launcher& launcher, const at::Tensor& grad, const FeatureView& view, const at::Tensor& masks,
                      at::Tensor& grad_features, at::Tensor& grad_masks, double eps) {
   using A = acc_t<T>;
   const at::Tensor& features = view.tensor;
@@ -805,7 +811,7 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
     // Per layout: with 8-byte types the two tiles stage different amounts, so their
     // shared-memory budgets leave room for different channel counts.
     const int64_t channel_tiles = ceil_div(C, first ? Tile::kCtaChannels : TileLast::kCtaChannels);
-    const TileSplit split = split_tiles(channel_tiles, B, target.multiprocessors, kBackwardBlocksPerSm<T, PMAX>);
+    const TileSplit split = split_tiles(channel_tiles, B, launcher.multiprocessors, kBackwardBlocksPerSm<T, PMAX>);
     check_grid(B * split.ctas_per_sample, "the backward");
     check_grid(B * P, "the backward");
     // Extra memory: one partial of G per CTA, and sum|M| of every part.
@@ -819,9 +825,9 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
       using D = std::remove_pointer_t<decltype(df)>;
       dispatch_access(view.layout, vectorized, [&](auto layout, auto vector) {
         for (int p0 = 0; p0 < P; p0 += PMAX) {
-          launch_kernel(
+          launcher.launch(
               pool_backward_features_kernel<T, PMAX, decltype(layout)::value, decltype(vector)::value, D>,
-              dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, target.stream, grad.data_ptr<T>(),
+              dim3(static_cast<unsigned>(B * split.ctas_per_sample)), kThreads, grad.data_ptr<T>(),
               features.data_ptr<T>(), masks.data_ptr<T>(), df, g_partials.data_ptr<A>(), abs_sums.data_ptr<A>(), C,
               HW, P, p0, channel_tiles, split.tiles_per_cta, split.ctas_per_sample, hw_lanes, p0 > 0, eps_acc);
         }
@@ -837,28 +843,29 @@ void launch_backward(const Target& target, const at::Tensor& grad, const Feature
       }
     }
     if (!written) run_chunks(grad_features.data_ptr<T>());
-    launch_kernel(pool_backward_masks_kernel<T>, dim3(static_cast<unsigned>(B * P)), kMaskThreads, target.stream,
-                  masks.data_ptr<T>(), abs_sums.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(),
-                  HW, P, split.ctas_per_sample, eps_acc);
+    launcher.launch(pool_backward_masks_kernel<T>, dim3(static_cast<unsigned>(B * P)), kMaskThreads,
+                    masks.data_ptr<T>(), abs_sums.data_ptr<A>(), g_partials.data_ptr<A>(), grad_masks.data_ptr<T>(),
+                    HW, P, split.ctas_per_sample, eps_acc);
   });
 }
 
-// The op's forward on checked inputs, launched on `target`.
-inline at::Tensor pool_forward(const Target& target, const at::Tensor& features, const at::Tensor& masks, double eps) {
+// The op's forward on checked inputs, its kernels run by `launcher`.
+template <typename Launcher>
+at::Tensor pool_forward(const Launcher& launcher, const at::Tensor& features, const at::Tensor& masks, double eps) {
   at::Tensor out = at::empty(output_shape(features, masks), features.options());
   if (out.numel() == 0) return out;
   if (features.size(2) * features.size(3) == 0) return out.zero_();  // empty sums: f = 0 / eps
   const FeatureView view = feature_view(features);
   const at::Tensor masks_dense = masks.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_cuda",
-                                  [&] { launch_forward<scalar_t>(target, view, masks_dense, out, eps); });
+                                  [&] { launch_forward<scalar_t>(launcher, view, masks_dense, out, eps); });
   return out;
 }
 
-// The op's backward on checked inputs, launched on `target`.
-inline std::tuple<at::Tensor, at::Tensor> pool_backward(const Target& target, const at::Tensor& grad,
-                                                        const at::Tensor& features, const at::Tensor& masks,
-                                                        double eps) {
+// The op's backward on checked inputs, its kernels run by `launcher`.
+template <typename Launcher>
+std::tuple<at::Tensor, at::Tensor> pool_backward(const Launcher& launcher, const at::Tensor& grad,
+                                                 const at::Tensor& features, const at::Tensor& masks, double eps) {
   // Gradients come back as empty_like of their input (what the fake kernel promises).
   at::Tensor grad_features = at::empty_like(features);
   at::Tensor grad_masks = at::empty_like(masks);
@@ -873,7 +880,7 @@ inline std::tuple<at::Tensor, at::Tensor> pool_backward(const Target& target, co
   const at::Tensor masks_dense = masks.contiguous();
   const at::Tensor grad_dense = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, features.scalar_type(), "weighted_pool_backward_cuda", [&] {
-    launch_backward<scalar_t>(target, grad_dense, view, masks_dense, features_out, masks_out, eps);
+    launch_backward<scalar_t>(launcher, grad_dense, view, masks_dense, features_out, masks_out, eps);
   });
   if (!features_out.is_same(grad_features)) grad_features.copy_(features_out);
   if (!masks_out.is_same(grad_masks)) grad_masks.copy_(masks_out);

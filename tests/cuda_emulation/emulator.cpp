@@ -17,6 +17,8 @@
 #include <thread>
 #include <vector>
 
+// What CUDA provides to device code, up to the #include of the kernels: dim3, threadIdx and
+// blockIdx, the qualifiers, __syncthreads, __shfl_xor_sync, fabs and min.
 struct dim3 {
   unsigned x, y, z;
   dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
@@ -86,32 +88,25 @@ V __shfl_xor_sync(unsigned /*mask: every kernel here shuffles with the whole war
 using std::fabs;
 using std::min;
 
-namespace pan_ops {
-namespace {
-
-struct Target {
-  int multiprocessors;
-  int stream;  // unused: launches run to completion in order
-};
-
-template <typename... Params, typename... Args>
-void launch_kernel(void (*kernel)(Params...), dim3 grid, int threads, int /*stream*/, Args... args) {
-  emulation::run_grid(grid, threads, [&] { kernel(static_cast<Params>(args)...); });
-}
-
-}  // namespace
-}  // namespace pan_ops
-
 #include "weighted_pool_kernels.cuh"
 
-// `multiprocessors` sets how the op splits channel tiles over CTAs, as a GPU's SM count does.
+// Runs each launch's grid to completion when it is made, so launches run in order.
+struct GridLauncher {
+  int multiprocessors;  // sets how the op splits channel tiles over CTAs, as a GPU's SM count does
+
+  template <typename... Params, typename... Args>
+  void launch(void (*kernel)(Params...), dim3 grid, int threads, Args... args) const {
+    emulation::run_grid(grid, threads, [&] { kernel(static_cast<Params>(args)...); });
+  }
+};
+
 at::Tensor forward(const at::Tensor& features, const at::Tensor& masks, double eps, int64_t multiprocessors) {
-  return pan_ops::pool_forward({static_cast<int>(multiprocessors), 0}, features, masks, eps);
+  return pan_ops::pool_forward(GridLauncher{static_cast<int>(multiprocessors)}, features, masks, eps);
 }
 
 std::tuple<at::Tensor, at::Tensor> backward(const at::Tensor& grad, const at::Tensor& features,
                                             const at::Tensor& masks, double eps, int64_t multiprocessors) {
-  return pan_ops::pool_backward({static_cast<int>(multiprocessors), 0}, grad, features, masks, eps);
+  return pan_ops::pool_backward(GridLauncher{static_cast<int>(multiprocessors)}, grad, features, masks, eps);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
