@@ -10,7 +10,8 @@ once and writes each output once.
 
 - forward: one program per (channel tile, sample). It walks HW in chunks, loading
   a [BLOCK_C, BLOCK_HW] tile of F and the [P_PAD, BLOCK_HW] chunk of M[b], adds
-  |M| into S and F @ M^T into a [BLOCK_C, P_PAD] accumulator on the tensor cores.
+  |M| into sum|M| (S = max(sum|M|, eps)) and F @ M^T into a [BLOCK_C, P_PAD]
+  accumulator on the tensor cores.
 - backward, pass 1: one program per (channel tile, sample) computes dF chunk by
   chunk and its tile's share of G_raw = g @ F (P x HW), stored as per-tile partials.
 - backward, pass 2: one program per (part, sample) sums the partials over the
@@ -161,7 +162,7 @@ if AVAILABLE:
         m_rows = M + b * m_sb + offs_p[:, None] * m_sp
 
         pooled = tl.zeros((BLOCK_C, P_PAD), ACC)
-        area = tl.zeros((P_PAD,), ACC)
+        abs_sum = tl.zeros((P_PAD,), ACC)
         for start in range(0, HW, BLOCK_HW):
             hw = start + tl.arange(0, BLOCK_HW)
             hw_ok = hw < HW
@@ -173,10 +174,10 @@ if AVAILABLE:
                 f_rows + _spatial_offsets(hw, W, f_sh, f_sw, F_FLAT_HW)[None, :],
                 mask=c_ok[:, None] & hw_ok[None, :], other=0.0,
             )
-            area += tl.sum(tl.abs(m.to(ACC)), axis=1)
+            abs_sum += tl.sum(tl.abs(m.to(ACC)), axis=1)
             pooled = _dot(f, tl.trans(m), pooled, PRECISION, UPCAST)
 
-        pooled = pooled / tl.maximum(area, _eps(eps_hi, eps_lo, ACC))[None, :]
+        pooled = pooled / tl.maximum(abs_sum, _eps(eps_hi, eps_lo, ACC))[None, :]
         out = OUT + b * P * C + offs_p[None, :] * C + offs_c[:, None]
         tl.store(out, pooled.to(OUT.dtype.element_ty), mask=c_ok[:, None] & p_ok[None, :])
 
@@ -215,20 +216,20 @@ if AVAILABLE:
         m_rows = M + b * m_sb + offs_p[:, None] * m_sp
 
         # S needs all of M[b] before the first chunk of dF (a small re-read, L2 resident).
-        area = tl.zeros((P_PAD,), ACC)
+        abs_sum = tl.zeros((P_PAD,), ACC)
         for start in range(0, HW, BLOCK_HW):
             hw = start + tl.arange(0, BLOCK_HW)
             m = tl.load(
                 m_rows + _spatial_offsets(hw, W, m_sh, m_sw, M_FLAT_HW)[None, :],
                 mask=p_ok[:, None] & (hw < HW)[None, :], other=0.0,
             )
-            area += tl.sum(tl.abs(m.to(ACC)), axis=1)
+            abs_sum += tl.sum(tl.abs(m.to(ACC)), axis=1)
 
         g = tl.load(
             GRAD + b * g_sb + offs_p[:, None] * g_sp + offs_c[None, :] * g_sc,
             mask=p_ok[:, None] & c_ok[None, :], other=0.0,
         )
-        g_scaled_t = tl.trans(g.to(ACC) / tl.maximum(area, _eps(eps_hi, eps_lo, ACC))[:, None])
+        g_scaled_t = tl.trans(g.to(ACC) / tl.maximum(abs_sum, _eps(eps_hi, eps_lo, ACC))[:, None])
 
         f_rows = F + b * f_sb + offs_c[:, None] * f_sc
         df_rows = GRAD_F + b * df_sb + offs_c[:, None] * df_sc
@@ -272,7 +273,7 @@ if AVAILABLE:
 
         # Pass 1: G_raw = sum of the tiles' partials in a fixed order, and the sums
         # over HW of |M| and G_raw * M.
-        area = tl.zeros((BLOCK_HW,), ACC)
+        abs_m = tl.zeros((BLOCK_HW,), ACC)
         g_dot_m = tl.zeros((BLOCK_HW,), ACC)
         for start in range(0, HW, BLOCK_HW):
             hw = start + tl.arange(0, BLOCK_HW)
@@ -287,13 +288,13 @@ if AVAILABLE:
                 g_raw += tl.sum(partials, axis=0)
             tl.store(g_raw_row + hw, g_raw, mask=hw_ok)
             m = tl.load(m_row + _spatial_offsets(hw, W, m_sh, m_sw, M_FLAT_HW), mask=hw_ok, other=0.0).to(ACC)
-            area += tl.abs(m)
+            abs_m += tl.abs(m)
             g_dot_m += g_raw * m
-        area_sum = tl.sum(area, axis=0)
+        abs_sum = tl.sum(abs_m, axis=0)
         eps = _eps(eps_hi, eps_lo, ACC)
-        inv_s = 1.0 / tl.maximum(area_sum, eps)
+        inv_norm = 1.0 / tl.maximum(abs_sum, eps)
         # sum_hw(G M) / S with G = G_raw / S; zero where the clamp holds S at eps.
-        clamp_term = tl.where(area_sum > eps, tl.sum(g_dot_m, axis=0) * inv_s * inv_s, 0.0)
+        clamp_term = tl.where(abs_sum > eps, tl.sum(g_dot_m, axis=0) * inv_norm * inv_norm, 0.0)
 
         # Pass 2: dM = G - sign(M) * clamp_term.
         tl.debug_barrier()  # G_raw is read back by other threads than wrote it
@@ -303,7 +304,7 @@ if AVAILABLE:
             g_raw = tl.load(g_raw_row + hw, mask=hw_ok, other=0.0)
             m = tl.load(m_row + _spatial_offsets(hw, W, m_sh, m_sw, M_FLAT_HW), mask=hw_ok, other=0.0).to(ACC)
             sign = tl.where(m > 0, 1.0, 0.0) - tl.where(m < 0, 1.0, 0.0)
-            d_m = g_raw * inv_s - sign * clamp_term
+            d_m = g_raw * inv_norm - sign * clamp_term
             tl.store(
                 dm_row + _spatial_offsets(hw, W, dm_sh, dm_sw, DM_FLAT_HW),
                 d_m.to(GRAD_M.dtype.element_ty), mask=hw_ok,
