@@ -54,12 +54,18 @@ constexpr int64_t kChannelStep = 32;
 // pin the accumulators to registers; plain loops over a local array were 40x slower
 // (the array stayed in memory), and at::vec::Vectorized compiles to its scalar
 // fallback in an extension, which does not define CPU_CAPABILITY.
+// The vector width follows the instruction set the build targets (PAN_OPS_MARCH, setup.py):
+// a vector type wider than the registers is split and kept on the stack, which made the
+// portable (SSE2) build 20x slower with 32-byte vectors (benchmarks/RESULTS.md).
 #if defined(__AVX512F__)
 constexpr int kVectorBytes = 64;
 constexpr int kBlockRows = 8;  // 8 of the 32 zmm registers hold accumulators
-#else
+#elif defined(__AVX__)
 constexpr int kVectorBytes = 32;
 constexpr int kBlockRows = 6;  // 12 of the 16 ymm registers hold accumulators
+#else
+constexpr int kVectorBytes = 16;
+constexpr int kBlockRows = 3;  // 12 of the 16 xmm registers hold accumulators
 #endif
 // With 32 vector registers all parts (up to 16) of a line of channels fit one block,
 // so the channels_last forward reads each line of F once.
@@ -150,6 +156,9 @@ inline void stream_vector(void* dst, const vec_t& value) {
 #elif defined(__AVX__)
   static_assert(sizeof(vec_t) == 32);
   _mm256_stream_si256(static_cast<__m256i*>(dst), (__m256i)value);
+#elif defined(__SSE2__)
+  static_assert(sizeof(vec_t) == 16);
+  _mm_stream_si128(static_cast<__m128i*>(dst), (__m128i)value);
 #else
   std::memcpy(dst, &value, sizeof(value));
 #endif
@@ -158,7 +167,7 @@ inline void stream_vector(void* dst, const vec_t& value) {
 // Orders this thread's streamed stores before its later ones (and so before the end of
 // the parallel region that publishes them).
 inline void finish_streaming() {
-#if defined(__AVX__)
+#if defined(__SSE2__)
   _mm_sfence();
 #endif
 }
