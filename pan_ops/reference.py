@@ -16,13 +16,13 @@ def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6
     """einsum + abs-sum + divide; [B,C,H,W] x [B,P,H,W] -> [B,P,C]."""
     dtype = _compute_dtype(features.dtype)
     f, m = features.to(dtype), masks.to(dtype)
-    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    norm = m.abs().sum(dim=(2, 3)).clamp_min(eps)
     pooled = torch.einsum("bchw,bphw->bpc", f, m)
-    return (pooled / area.unsqueeze(-1)).to(features.dtype)
+    return (pooled / norm.unsqueeze(-1)).to(features.dtype)
 
 
 def weighted_pool_naive(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """The literal broadcast form (materialises B x P x C x H x W): a benchmark baseline."""
-    area = masks.abs().sum(dim=(2, 3)).clamp_min(eps)
+    norm = masks.abs().sum(dim=(2, 3)).clamp_min(eps)
     pooled = (features.unsqueeze(1) * masks.unsqueeze(2)).sum(dim=(3, 4))
-    return pooled / area.unsqueeze(-1)
+    return pooled / norm.unsqueeze(-1)

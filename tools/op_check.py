@@ -37,8 +37,8 @@ def ground_truth(features, masks, eps, grad_out=None):
     """Literal formula in float64 (broadcast product), with autograd for the gradients."""
     f = features.detach().to(torch.float64).requires_grad_(grad_out is not None)
     m = masks.detach().to(torch.float64).requires_grad_(grad_out is not None)
-    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
-    out = (f.unsqueeze(1) * m.unsqueeze(2)).sum(dim=(3, 4)) / area.unsqueeze(-1)
+    norm = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    out = (f.unsqueeze(1) * m.unsqueeze(2)).sum(dim=(3, 4)) / norm.unsqueeze(-1)
     if grad_out is None:
         return out.detach(), None, None
     out.backward(grad_out.to(device=f.device, dtype=torch.float64))
@@ -58,8 +58,8 @@ def grad_masks_scale(features, masks, eps, grad_out):
     """||G|| with G = (g/S) @ F, the first term of dM: the natural scale of dM. Where dM
     cancels to zero (H = W = 1), errors are relative to this."""
     f, m, g = (t.detach().to(torch.float64).cpu() for t in (features, masks, grad_out))
-    area = m.abs().sum(dim=(2, 3)).clamp_min(eps)
-    return torch.einsum("bpc,bchw->bphw", g / area.unsqueeze(-1), f).norm().item()
+    norm = m.abs().sum(dim=(2, 3)).clamp_min(eps)
+    return torch.einsum("bpc,bchw->bphw", g / norm.unsqueeze(-1), f).norm().item()
 
 
 def assert_matches_float64(features, masks, eps, grad_out, out, grad_features, grad_masks, grad_masks_factor=2):
