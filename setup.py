@@ -9,7 +9,7 @@ import os
 from setuptools import setup
 
 # torch infers CUDA_HOME from nvcc's location and can land on /usr/local; prefer
-# the canonical toolkit folder when it exists (DESIGN.md section 6).
+# the canonical toolkit folder when it exists (docs/DESIGN.md §7).
 if "CUDA_HOME" not in os.environ and os.path.exists("/usr/local/cuda/bin/nvcc"):
     os.environ["CUDA_HOME"] = "/usr/local/cuda"
 # An empty arch list crashes torch's flag helper when no GPU is visible.
@@ -34,7 +34,7 @@ def extensions():
     sources += sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # The CPU kernel's vector width is the instruction set's it is compiled for. By default
     # that is the compiler's baseline, so a wheel runs on every CPU of its architecture;
-    # PAN_OPS_MARCH=native (or e.g. x86-64-v3) compiles for a given CPU, many times faster
+    # PAN_OPS_MARCH=native (or e.g. x86-64-v3) compiles for a given CPU, about 2.5x faster
     # (benchmarks/RESULTS.md) but an illegal instruction on CPUs that lack its extensions.
     march = os.environ.get("PAN_OPS_MARCH", "")
     cxx = ["-O3", "-fopenmp"] + ([f"-march={march}"] if march else [])
