@@ -1,4 +1,4 @@
-// Fused CUDA kernels of pan_ops::weighted_pool and pan_ops::weighted_pool_backward, and the
+// Fused CUDA kernels of pan_ops::weighted_pool and its private backward, and the
 // op's body that plans their launches (run by the includer's launcher, see the end of this comment).
 //
 //   S[b,p]   = max(sum_hw |M[b,p,hw]|, eps)
