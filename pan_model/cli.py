@@ -25,6 +25,7 @@ import torch
 
 from .config import CONFIG_DIR, Config, ConfigError, apply_overrides, config_from_dict, load_config
 from .engine.run_log import LOG_NAME
+from .evaluation import evaluate_as_configured
 
 TABLE_SCORES = (("Rank-1", "rank1"), ("Rank-5", "rank5"), ("mAP", "mAP"), ("mINP", "mINP"))
 
@@ -157,27 +158,11 @@ def _test_loaders(config: Config):
     return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
 
 
-def _evaluate(model, config: Config, query_loader, gallery_loader, device, return_distances: bool = False) -> dict:
-    """The evaluation as config.eval sets it (metric, flip, rerank), as the trainer runs it."""
-    from .evaluation import evaluate
-
-    return evaluate(
-        model,
-        query_loader,
-        gallery_loader,
-        device,
-        metric=config.eval.metric,
-        flip=config.eval.flip,
-        rerank=config.eval.rerank,
-        return_distances=return_distances,
-    )
-
-
 def cmd_eval(args) -> int:
     model, config, device = _model_and_config(args)
     _resolved(config, "evaluation config")
     _, query_loader, gallery_loader = _test_loaders(config)
-    scores = _evaluate(model, config, query_loader, gallery_loader, device)
+    scores = evaluate_as_configured(model, config.eval, query_loader, gallery_loader, device)
     scores = {name: (np.asarray(value).tolist() if name == "cmc" else float(value)) for name, value in scores.items()}
     output = Path(args.output) if args.output else Path(args.checkpoint).with_name("eval.json")
     output.write_text(
@@ -241,7 +226,9 @@ def write_figures(
         written.append(
             visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items])
         )
-    evaluation = _evaluate(model, config, query_loader, gallery_loader, device, return_distances=True)
+    evaluation = evaluate_as_configured(
+        model, config.eval, query_loader, gallery_loader, device, return_distances=True
+    )
     written.append(visualization.plot_cmc({config.model.arch.upper(): evaluation["cmc"]}, folder / "cmc.png"))
     written.append(
         visualization.plot_retrieval(

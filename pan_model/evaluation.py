@@ -105,3 +105,25 @@ def evaluate(
         device,
         return_distances,
     )
+
+
+def evaluate_as_configured(
+    model: torch.nn.Module,
+    eval_config,
+    query_loader: Iterable,
+    gallery_loader: Iterable,
+    device: "str | torch.device",
+    **kwargs,
+) -> dict:
+    """`evaluate` with the metric, flip and rerank of a config's `eval` section (config.EvalConfig):
+    the one place the trainer and the CLI turn that section into an evaluation."""
+    return evaluate(
+        model,
+        query_loader,
+        gallery_loader,
+        device,
+        metric=eval_config.metric,
+        flip=eval_config.flip,
+        rerank=eval_config.rerank,
+        **kwargs,
+    )

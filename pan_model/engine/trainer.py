@@ -334,19 +334,14 @@ class Trainer:
     # ---- evaluation ------------------------------------------------------------------
     def evaluate(self) -> dict:
         """Scores of the current model on query vs gallery (main process; others wait)."""
-        from ..evaluation import evaluate
+        from ..evaluation import evaluate_as_configured
 
         scores: dict = {}
         if self.context.is_main:
             with self._autocast():  # evaluate() runs the model in eval mode and inference mode
-                scores = evaluate(
-                    unwrap_model(self.model),
-                    self.data.query_loader,
-                    self.data.gallery_loader,
+                scores = evaluate_as_configured(
+                    unwrap_model(self.model), self.config.eval, self.data.query_loader, self.data.gallery_loader,
                     self.device,
-                    metric=self.config.eval.metric,
-                    flip=self.config.eval.flip,
-                    rerank=self.config.eval.rerank,
                 )
         distributed.barrier()
         return scores
