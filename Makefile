@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # setup.py does by default (wheels).
 PAN_OPS_MARCH ?= native
 
-.PHONY: all install weights test demo bench gpu-check gpu-wheels clean
+.PHONY: all install weights test demo bench gpu-check gpu-wheels clean FORCE
 
 all: test
 
@@ -19,8 +19,14 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 
-# Rebuilt whenever a C++/CUDA source or the build description changes.
-$(STAMP): $(PY) $(SOURCES)
+# The PAN_OPS_MARCH of the last build, rewritten only when it changes, so that a change
+# of PAN_OPS_MARCH rebuilds the extension.
+MARCH_FILE := $(VENV)/.pan-march
+$(MARCH_FILE): FORCE | $(PY)
+	@echo '$(PAN_OPS_MARCH)' | cmp -s - $@ || echo '$(PAN_OPS_MARCH)' > $@
+
+# Rebuilt whenever a C++/CUDA source, the build description or PAN_OPS_MARCH changes.
+$(STAMP): $(PY) $(SOURCES) $(MARCH_FILE)
 	$(PY) -m pip install -q $(STACK) numpy
 	PAN_OPS_MARCH='$(PAN_OPS_MARCH)' MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install -q --no-build-isolation -e '.[dev]'
 	touch $(STAMP)
