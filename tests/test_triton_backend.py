@@ -156,15 +156,19 @@ def test_backward_rejects_a_mismatched_grad():
         torch.ops.pan_ops._weighted_pool_backward(grad, features, masks, 1e-6, "triton")
 
 
-def test_one_op_serves_triton():
-    """backend="triton" is an argument of the one op, not a second op; on CUDA tensors it is
-    also what "auto" runs."""
+def test_one_op_serves_triton(monkeypatch):
+    """backend="triton" is an argument of the one op, not a second op: a direct op call runs
+    the Triton kernels (counted) and matches float64; on CUDA tensors "auto" runs them too."""
     assert not hasattr(torch.ops.pan_ops, "weighted_pool_triton")
+    launches = []
+    launch_forward = triton_kernels.forward
+    monkeypatch.setattr(triton_kernels, "forward", lambda *args: launches.append(1) or launch_forward(*args))
     features, masks = make_inputs(2, 19, 5, 3, 4, torch.float32, DEVICE, seed=3)
     direct = torch.ops.pan_ops.weighted_pool(features, masks, 1e-6, "triton")
-    assert torch.equal(direct, pan_ops.weighted_pool(features, masks, backend="triton"))
-    if CUDA:
-        assert torch.equal(direct, pan_ops.weighted_pool(features, masks))
+    assert launches == [1]
+    assert rel_error(direct, ground_truth(features, masks, 1e-6)[0]) < REL_TOL[torch.float32]
+    pan_ops.weighted_pool(features, masks)
+    assert launches == ([1, 1] if CUDA else [1])  # CPU tensors: "auto" is the C++ kernel
 
 
 @needs_gpu
