@@ -93,18 +93,21 @@ def test_wheel_holds_the_recipes_and_the_extension_but_no_tests(wheel):
     assert "pan_model/configs/ablations/gamma_14.yaml" in recipes
     assert {name for name in names if name.startswith("pan_model/configs/")} == recipes
     assert any(name.startswith("pan_ops/_C") and name.endswith(".so") for name in names)
-    assert not [name for name in names if name.split("/")[0] in ("tests", "csrc", "benchmarks", "configs")]
+    # Only the two packages and their metadata: no tests, csrc, benchmarks, tools or experiments.
+    top_level = {name.split("/")[0] for name in names}
+    assert {name for name in top_level if not name.endswith(".dist-info")} == {"pan_ops", "pan_model"}
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None, reason="x86-64 and objdump")
 def test_wheel_extension_runs_on_any_x86_64_cpu(wheel, tmp_path):
-    """Built without PAN_OPS_MARCH, the extension holds no AVX instruction (none touches a ymm or
-    zmm register), so it cannot stop with an illegal instruction on an older CPU."""
+    """Built without PAN_OPS_MARCH, the extension holds no AVX instruction (no VEX/EVEX-encoded
+    mnemonic, which all start with "v" on x86-64 but for verr/verw), so it cannot stop with an
+    illegal instruction on an older CPU. (The native in-place build of 2026-12-02 had 83,626.)"""
     archive = zipfile.ZipFile(wheel)
     (library,) = [name for name in archive.namelist() if name.startswith("pan_ops/_C") and name.endswith(".so")]
     code = _run(["objdump", "-d", "--no-show-raw-insn", archive.extract(library, tmp_path)]).stdout
     assert "%xmm" in code  # the disassembly is what it should be: SSE2 is the x86-64 baseline
-    assert not re.search(r"%[yz]mm", code)
+    assert not re.findall(r"^\s*[0-9a-f]+:\s+(v(?!err\b|erw\b)[a-z0-9]+)\s", code, re.M)[:5]
 
 
 def test_installed_wheel_runs_outside_the_repository(environment, tmp_path):
