@@ -168,6 +168,14 @@ struct RawTile {
   __device__ __forceinline__ A value(int i, int j) const {
     return static_cast<A>(at(i, j));
   }
+  // The whole tile in the accumulator type, out[channel][position]: a step's operand in registers.
+  template <typename A>
+  __device__ __forceinline__ void values(A (&out)[NC][NH]) const {
+#pragma unroll
+    for (int i = 0; i < NC; ++i)
+#pragma unroll
+      for (int j = 0; j < NH; ++j) out[i][j] = value<A>(i, j);
+  }
 };
 
 // Reads the tile X[c0 + i*c_step, hw0 + j] of one sample of F (X is [C, HW] channels-first
@@ -291,10 +299,7 @@ __device__ void fill_mask_tile(const T* __restrict__ m, int parts, int64_t HW, i
 template <int kHwTile, int V, typename Raw, int K, int PMAX, typename A>
 __device__ __forceinline__ void forward_step(const Raw& x, const A* mask_row, A (&acc)[K][PMAX]) {
   A fv[K][V];
-#pragma unroll
-  for (int i = 0; i < K; ++i)
-#pragma unroll
-    for (int j = 0; j < V; ++j) fv[i][j] = x.template value<A>(i, j);
+  x.values(fv);
 #pragma unroll
   for (int p = 0; p < PMAX; ++p) {
     const Pack<A, V> mv = *reinterpret_cast<const Pack<A, V>*>(mask_row + p * kHwTile);
@@ -472,10 +477,7 @@ template <typename Raw, int PMAX, int U, int V, typename A>
 __device__ __forceinline__ void backward_step(const Raw& x, const A* gs, const A (&mv)[PMAX][V], A (&g_acc)[PMAX][V],
                                               A (&d)[U][V]) {
   A xv[U][V];
-#pragma unroll
-  for (int u = 0; u < U; ++u)
-#pragma unroll
-    for (int v = 0; v < V; ++v) xv[u][v] = x.template value<A>(u, v);
+  x.values(xv);
 #pragma unroll
   for (int u = 0; u < U; ++u) {
 #pragma unroll
