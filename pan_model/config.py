@@ -213,8 +213,10 @@ def _read_with_bases(path: Path, chain: tuple) -> dict:
         raise ConfigError(f"config inheritance cycle: {cycle}")
     if not path.is_file():
         names = packaged_configs()
-        close = difflib.get_close_matches(path.stem, names, n=1)
-        hint = f"did you mean {close[0]}?" if close else f"packaged recipes: {', '.join(names)}"
+        # Matched on the file name alone: a folder prefix (ablations/) would dilute the match.
+        by_stem = {Path(name).name: name for name in names}
+        close = difflib.get_close_matches(path.stem, by_stem, n=1)
+        hint = f"did you mean {by_stem[close[0]]}?" if close else f"packaged recipes: {', '.join(names)}"
         raise ConfigError(f"config file not found: {path} ({hint})")
     with open(path) as handle:
         tree = yaml.safe_load(handle) or {}

@@ -79,6 +79,8 @@ def test_inheritance_cycle_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"not found: .*smoek \(did you mean smoke\?\)"):
         load_config("smoek")
+    with pytest.raises(ConfigError, match=r"did you mean ablations/gamma_14\?"):
+        load_config("ablations/gamm_14")
 
 
 @pytest.mark.parametrize(
