@@ -208,9 +208,8 @@ def write_figures(
     is one, curves.png; returns the paths written. The CMC and the retrieval strips come
     from one evaluation run as config.eval sets it (flip, rerank), so they show the scores
     that evaluation reports."""
-    from . import data, visualization
+    from . import visualization
     from .engine.run_log import read_log
-    from .models import get_masks
 
     folder = Path(folder)
     dataset, query_loader, gallery_loader = _test_loaders(config)
@@ -218,14 +217,8 @@ def write_figures(
     chosen = np.linspace(0, len(dataset.query) - 1, min(num_images, len(dataset.query))).round().astype(int).tolist()
     written = []
     if model.num_parts and hasattr(model, "compute_masks"):
-        transform = data.build_transforms(*size, is_train=False)
         items = [dataset.query[i] for i in chosen]
-        images = torch.stack([data.ImageDataset(items, transform)[i][0] for i in range(len(items))]).to(device)
-        masks = get_masks(model, images)
-        pictures = [visualization.load_rgb(path, size) for path, _, _ in items]
-        written.append(
-            visualization.plot_masks(pictures, masks, folder / "masks.png", [f"id {pid}" for _, pid, _ in items])
-        )
+        written.append(visualization.plot_query_masks(model, items, size, folder / "masks.png", device))
     evaluation = evaluate_as_configured(
         model, config.eval, query_loader, gallery_loader, device, return_distances=True
     )

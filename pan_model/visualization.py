@@ -101,6 +101,18 @@ def plot_masks(
     return _save(figure, path)
 
 
+def plot_query_masks(model: torch.nn.Module, items: Sequence, size: tuple[int, int], path: "str | Path", device="cpu") -> Path:
+    """plot_masks for a PAN model's masks on dataset items ((img_path, pid, camid) triples),
+    each image fed to the model as the test transform at `size` (H, W) prepares it."""
+    from .data import ImageDataset, build_transforms
+    from .models import get_masks
+
+    samples = ImageDataset(list(items), build_transforms(*size, is_train=False))
+    images = torch.stack([samples[i][0] for i in range(len(samples))]).to(device)
+    pictures = [load_rgb(img_path, size) for img_path, _, _ in items]
+    return plot_masks(pictures, get_masks(model, images), path, [f"id {pid}" for _, pid, _ in items])
+
+
 def plot_training_curves(records: Sequence[Mapping], path: "str | Path") -> Path:
     """Loss components per step, learning rate and evaluation scores per epoch, from the
     records of a run's log.jsonl (see pan_model.engine.run_log)."""

@@ -156,3 +156,13 @@ def test_paper_recipes_differ_from_pan_only_where_they_should():
             if variant[section][key] != pan[section][key]
         }
         assert changed == expected, name
+
+
+@pytest.mark.parametrize("arch", ["pan", "pcb", "global"])
+def test_cuhk03_recipes_are_the_occluded_duke_ones_on_another_dataset(arch):
+    duke = load_config(CONFIGS / f"{arch}_resnet50_occluded_duke.yaml").to_dict()
+    cuhk = load_config(CONFIGS / f"{arch}_resnet50_cuhk03_np.yaml").to_dict()
+    assert cuhk["data"].pop("dataset") == "cuhk03_np" and duke["data"].pop("dataset") == "occluded_duke"
+    assert cuhk["output_dir"] != duke["output_dir"]
+    del cuhk["output_dir"], duke["output_dir"]
+    assert cuhk == duke

@@ -2,6 +2,7 @@
 the transforms."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,14 @@ def market_name(pid, camera, index):
 
 def duke_name(pid, camera, index):
     return f"{pid_text(pid)}_c{camera}_f{index * 7919:07d}.jpg"
+
+
+def cuhk03_prepared_name(pid, camera, index):
+    return f"{pid_text(pid)}_c{camera}s{index % 5 + 1}_{index % 100:02d}.jpg"  # Market-style, camera pair s1..s5
+
+
+def cuhk03_release_name(pid, camera, index):
+    return f"{pid_text(pid)}_c{camera}_{index}.png"  # the public CUHK03-NP release
 
 
 def write_tiny_image(path, seed):
@@ -68,6 +77,9 @@ def as_records(items):
         ("market1501", "Market-1501-v15.09.15", market_name, 6),
         ("dukemtmcreid", "DukeMTMC-reID", duke_name, 8),
         ("occluded_duke", "Occluded_Duke", duke_name, 8),
+        ("cuhk03_np", "cuhk03_np_detected", cuhk03_prepared_name, 2),
+        ("cuhk03_np", "cuhk03-np/detected", cuhk03_release_name, 2),
+        ("cuhk03_np_labeled", "cuhk03-np/labeled", cuhk03_release_name, 2),
     ],
 )
 def test_official_layouts_parse_from_folder_or_parent(tmp_path, name, folder_name, name_of, num_cameras):
@@ -130,6 +142,16 @@ def test_unknown_name_and_missing_folders_are_clear_errors(tmp_path):
     (tmp_path / "DukeMTMC-reID" / "bounding_box_train").mkdir()
     with pytest.raises(FileNotFoundError, match="DukeMTMC-reID has no bounding_box_test folder"):
         build_dataset("dukemtmcreid", tmp_path)
+    # where a dataset is not a plain download, the error says how to get it
+    with pytest.raises(FileNotFoundError, match=r"looked in .*cuhk03-np/labeled.*zhunzhong07/person-re-ranking.*cuhk03-np/labeled folder"):
+        build_dataset("cuhk03_np_labeled", tmp_path)
+
+
+def test_cuhk03_np_cameras_are_the_two_of_a_pair(tmp_path):
+    make_dataset_folder(tmp_path / "cuhk03-np" / "detected", cuhk03_release_name, 2, seed=9)
+    write_tiny_image(tmp_path / "cuhk03-np" / "detected" / "query" / "0005_c3_1.png", 0)
+    with pytest.raises(ValueError, match=r"0005_c3_1.png: camera c3 is outside 1..2"):
+        build_dataset("cuhk03_np", tmp_path)
 
 
 # ---- ImageDataset --------------------------------------------------------------------------
@@ -187,3 +209,19 @@ def test_transform_arguments_are_checked():
         build_transforms(0, 4)
     with pytest.raises(TypeError):
         build_transforms(10, 10, colour_jitter=0.2)
+
+
+PREPARED_CUHK03 = Path(__file__).resolve().parent.parent / "data" / "cuhk03_np_detected"
+
+
+@pytest.mark.skipif(not PREPARED_CUHK03.is_dir(), reason="CUHK03-NP is not prepared in data/ (research use only; see notes/accuracy_cuhk03.md)")
+def test_prepared_cuhk03_np_has_the_official_split():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the official counts match
+        dataset = build_dataset("cuhk03_np", PREPARED_CUHK03.parent)
+    assert dataset.counts() == (767, 7365, 1400, 5332)
+    assert {pid for _, pid, _ in dataset.query} == {pid for _, pid, _ in dataset.gallery}  # 700 test identities
+    for split in (dataset.query, dataset.gallery):
+        assert {camid for _, _, camid in split} == {0, 1}
+    # every query identity is queried once from each of its two cameras
+    assert sorted((pid, camid) for _, pid, camid in dataset.query) == sorted({(pid, c) for _, pid, _ in dataset.query for c in (0, 1)})

@@ -3,7 +3,9 @@
 A dataset folder holds three sub-folders of cropped images, bounding_box_train (training
 identities), query and bounding_box_test (the gallery), with file names starting with
 ``<pid>_c<camera>``: Market-1501 ``0002_c1s1_000451_03.jpg``, DukeMTMC-reID and
-Occluded-Duke ``0001_c2_f0046182.jpg``. Parsing rules, the same for every dataset:
+Occluded-Duke ``0001_c2_f0046182.jpg``, CUHK03-NP ``0003_c1s1_01.jpg`` (a Market-style
+layout of it) or ``0001_c1_1.png`` (the public release's ``cuhk03-np/detected`` and
+``cuhk03-np/labeled`` folders). Parsing rules, the same for every dataset:
 
   * pid -1 (Market's "junk" detections) is dropped; pid 0 (distractors) is kept;
   * cameras become 0-based (c1 -> 0);
@@ -48,6 +50,17 @@ class DatasetSpec:
     folder_names: tuple  # accepted names of the dataset folder under a parent root
     num_cameras: Optional[int]  # camera numbers must lie in 1..num_cameras (None: any >= 1)
     official_counts: Optional[SplitCounts]
+    how_to_get: str = ""  # said when the folder is missing
+
+
+# CUHK03-NP (Zhong et al., CVPR 2017): CUHK03's 1,467 identities, each seen by the two cameras
+# of one of five camera pairs, in a Market-like split. Camera numbers are 1|2 within the pair;
+# since an identity lives in one pair, same pid and same camera number is the same camera.
+_CUHK03_NP_HOW_TO_GET = (
+    "CUHK03-NP is CUHK03 (research use only, cuhk.edu.hk) under the split of "
+    "github.com/zhunzhong07/person-re-ranking/tree/master/CUHK03-NP; point data.root at its "
+    "cuhk03-np/{variant} folder (or a parent of cuhk03-np), or at any folder laid out like Market-1501"
+)
 
 
 DATASETS = {
@@ -56,6 +69,14 @@ DATASETS = {
     ),
     "dukemtmcreid": DatasetSpec(("DukeMTMC-reID", "dukemtmcreid"), 8, SplitCounts(702, 16522, 2228, 17661)),
     "occluded_duke": DatasetSpec(("Occluded_Duke", "occluded_duke", "Occluded-DukeMTMC"), 8, SplitCounts(702, 15618, 2210, 17661)),
+    "cuhk03_np": DatasetSpec(
+        ("cuhk03_np_detected", "cuhk03-np/detected", "CUHK03-NP/detected", "detected"), 2,
+        SplitCounts(767, 7365, 1400, 5332), _CUHK03_NP_HOW_TO_GET.format(variant="detected"),
+    ),
+    "cuhk03_np_labeled": DatasetSpec(
+        ("cuhk03_np_labeled", "cuhk03-np/labeled", "CUHK03-NP/labeled", "labeled"), 2,
+        SplitCounts(767, 7368, 1400, 5328), _CUHK03_NP_HOW_TO_GET.format(variant="labeled"),
+    ),  # fmt: skip
     "custom": DatasetSpec((), None, None),
     # Written by pan_model.data.synthetic.generate; its counts are checked against the
     # metadata file the generator leaves next to the splits.
@@ -96,12 +117,17 @@ class ReIDDataset:
 
 
 def build_dataset(name: str, root: "str | Path") -> ReIDDataset:
-    """Read dataset `name` ("market1501", "dukemtmcreid", "occluded_duke", "custom",
-    "synthetic") from `root`, which may be the dataset folder itself or its parent."""
+    """Read dataset `name` (a key of DATASETS: "market1501", "cuhk03_np", "custom", ...) from
+    `root`, which may be the dataset folder itself or its parent."""
     if name not in DATASETS:
         raise ValueError(f"build_dataset: unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    folder = find_dataset_folder(Path(root), spec.folder_names, name)
+    try:
+        folder = find_dataset_folder(Path(root), spec.folder_names, name)
+    except FileNotFoundError as error:
+        if spec.how_to_get:
+            raise FileNotFoundError(f"{error}. {spec.how_to_get}") from None
+        raise
     train = relabel(parse_split(folder / SPLIT_FOLDERS["train"], spec.num_cameras))
     query = parse_split(folder / SPLIT_FOLDERS["query"], spec.num_cameras)
     gallery = parse_split(folder / SPLIT_FOLDERS["gallery"], spec.num_cameras)
