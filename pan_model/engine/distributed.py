@@ -64,6 +64,21 @@ def any_rank_true(flags: Sequence[bool], device: torch.device) -> list[bool]:
     return [bool(value) for value in values.tolist()]
 
 
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over all processes (`values` itself without a
+    process group)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this launch's processes after a failure
+    (--max-restarts); 0 for a first attempt and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
 def destroy() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
