@@ -37,6 +37,7 @@ import torch
 from pan_model.config import CONFIG_DIR, apply_overrides, load_config
 from pan_model.diagnostics import part_diagnostics
 from pan_model.engine import load_model, train
+from pan_model.engine.checkpoint import load_checkpoint
 from pan_model.engine.loaders import build_test_loader, prepare_dataset
 from pan_model.engine.trainer import CHECKPOINT_NAME, select_device
 from pan_model.evaluation import evaluate_features, extract_features
@@ -136,7 +137,9 @@ def run(
     stages: tuple = (),
 ) -> dict:  # fmt: skip
     """Train model `name` with `seed` and score it; with `stages`, train to each of those
-    epochs in turn (each stage resumes the last) and score it there too."""
+    epochs in turn (each stage resumes the last) and score it there too. A run whose folder
+    already holds a checkpoint of the same recipe goes on from it: the scores recorded in its
+    study.json are kept, and a finished run is not trained again."""
     if threads:
         torch.set_num_threads(threads)
     folder = output / (f"{name}_seed{seed}" + (f"_x{scale}" if scale != 1 else ""))
@@ -146,20 +149,45 @@ def run(
     )  # fmt: skip
     if scale != 1:
         config = apply_overrides(config, scaled_schedule(config, scale))
-    started = time.perf_counter()
-    result = {"model": name, "seed": seed, "epochs": config.train.epochs}
-    checkpoint = None
+    checkpoint, record = folder / CHECKPOINT_NAME, folder / "study.json"
+    done = trained_epochs(checkpoint, config)
+    result = {"model": name, "seed": seed, "epochs": config.train.epochs, "seconds": 0.0, "stages": []}
+    if done and record.is_file():
+        result = json.loads(record.read_text())
+    scored = {stage["epoch"] for stage in result["stages"]}
+    if any(key in result for key in QUERY_SETS):
+        scored.add(config.train.epochs)
     for epochs in [*sorted(e for e in stages if e < config.train.epochs), config.train.epochs]:
-        train(apply_overrides(config, [f"train.epochs={epochs}"]), resume=checkpoint)
-        checkpoint = folder / CHECKPOINT_NAME
+        if epochs < done or epochs in scored:
+            continue  # reached in an earlier process (scored then, or lost with it)
+        started = time.perf_counter()
+        if epochs > done:
+            summary = train(apply_overrides(config, [f"train.epochs={epochs}"]), resume=checkpoint if done else None)
+            if summary["status"] != "finished":
+                raise RuntimeError(f"{folder}: training stopped at epoch {summary['epoch']}; run the study again to go on")
+            done = epochs
         final = epochs == config.train.epochs
         scores = evaluate_run(checkpoint, config, folder / ("masks.png" if final else f"masks_epoch{epochs}.png"))
+        result["seconds"] += time.perf_counter() - started
         if final:
-            result.update(seconds=time.perf_counter() - started, **scores)
+            result.update(scores)
         else:
-            result.setdefault("stages", []).append({"epoch": epochs, **scores})
-    (folder / "study.json").write_text(json.dumps(result, indent=2) + "\n")
+            result["stages"].append({"epoch": epochs, **scores})
+        record.write_text(json.dumps(result, indent=2) + "\n")  # kept up to date: a killed study resumes from here
     return result
+
+
+def trained_epochs(checkpoint: Path, config) -> float:
+    """Epochs that `checkpoint` has trained `config`'s run for: 0 when it does not exist, whole
+    epochs plus a half when it was written inside an epoch. Refuses a checkpoint of another
+    recipe, which resuming would silently mix in."""
+    if not checkpoint.is_file():
+        return 0
+    saved = load_config(checkpoint.parent / "config.yaml")
+    if apply_overrides(saved, [f"train.epochs={config.train.epochs}"]).to_yaml() != config.to_yaml():
+        raise ValueError(f"{checkpoint.parent} holds a run of another recipe; choose another --output or delete that folder")
+    state = load_checkpoint(checkpoint, mmap=True)
+    return state["epoch"] + (0.5 if state["step_in_epoch"] else 0)
 
 
 # Query sets in the order their columns appear (the synthetic set has two, real datasets one).
@@ -231,7 +259,7 @@ def summarise_stages(runs: list, names: list) -> str:
     header = [f"{title} (%)" for title, _ in SCORES[:2]] + DIAGNOSTIC_HEADER
     lines = ["| model | seed | epoch | " + " | ".join(header) + " |", "| --- | ---: | ---: |" + " ---: |" * len(header)]
     for run in runs:
-        if run["model"] not in names or "stages" not in run:
+        if run["model"] not in names or not run.get("stages"):
             continue
         for stage in [*run["stages"], {**run, "epoch": run["epochs"]}]:
             cells = [f"{100 * stage[sets[0]][key]:.1f}" for _, key in SCORES[:2]]
@@ -244,7 +272,7 @@ def print_tables(runs: list, names: list) -> None:
     print(summarise(runs, names))
     print()
     print(summarise_diagnostics(runs, names))
-    if any("stages" in run for run in runs):
+    if any(run.get("stages") for run in runs):
         print()
         print(summarise_stages(runs, names))
 

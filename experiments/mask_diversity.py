@@ -24,7 +24,10 @@ def describe(stats: dict) -> str:
             f"(leading eigenvalue holds {stats['leading_eigenvalue']:.1%})",
             f"mean overlap of |masks| (uncentred): {stats['mean_overlap']:.3f}",
             f"constant component's share of a mask's energy: {stats['constant_share']:.1%} "
-            f"(contrast {1 - stats['constant_share']:.1%}); single-signed masks: {stats['single_signed']:.0%}",
+            f"(contrast {1 - stats['constant_share']:.1%}); single-signed masks: {stats['single_signed']:.0%}; "
+            f"negative masks: {stats['negative_share']:.0%}",
+            "pooling weight |m| / mean |m| by position (mean over queries and masks; 1 = uniform):",
+            *("  " + " ".join(f"{value:5.2f}" for value in row) for row in stats["weight_map"]),
         ]
     if "cos_part_gap" in stats:
         lines.append(f"cosine(part feature, GAP of the same map): {stats['cos_part_gap']:.3f}")

@@ -30,6 +30,10 @@ from .evaluation import evaluate_as_configured
 TABLE_SCORES = (("Rank-1", "rank1"), ("Rank-5", "rank5"), ("mAP", "mAP"), ("mINP", "mINP"))
 
 
+class UsageError(ValueError):
+    """An argument that cannot work, found after argparse: exit status 2, as argparse's own."""
+
+
 def _resolved(config: Config, title: str) -> None:
     print(f"# {title}\n{config.to_yaml()}", flush=True)
 
@@ -98,12 +102,13 @@ def cmd_synth(args) -> int:
     # Every option named after a SyntheticConfig field is passed on as it is.
     names = [field.name for field in fields(synthetic.SyntheticConfig)]
     options = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    options["occluded"] = not args.holistic
+    try:  # the options checked before anything is written
+        synthetic.SyntheticConfig(**options)
+    except ValueError as error:
+        raise UsageError(error) from None
     root = synthetic.generate(
-        args.root or args.root_option or DEFAULT_SYNTHETIC_ROOT,
-        overwrite=args.overwrite,
-        progress=not args.quiet,
-        occluded=not args.holistic,
-        **options,
+        args.root or args.root_option or DEFAULT_SYNTHETIC_ROOT, overwrite=args.overwrite, progress=not args.quiet, **options
     )
     if not args.quiet:
         print(build_dataset("synthetic", root).summary())
@@ -117,7 +122,7 @@ def cmd_train(args) -> int:
 
     _split_config_argument(args)
     if args.config is None and args.resume in (None, "last"):
-        raise ConfigError("train needs a config file, or --resume CHECKPOINT to continue with that run's config")
+        raise UsageError("train needs a config file, or --resume CHECKPOINT to continue with that run's config")
     if args.config is not None:
         config = load_config(args.config, args.overrides)
     else:
@@ -234,6 +239,9 @@ def write_figures(
 
 
 def cmd_visualize(args) -> int:
+    for option in ("num_images", "top_k"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option.replace('_', '-')} must be >= 1, got {getattr(args, option)}")
     model, config, device = _model_and_config(args)
     folder = Path(args.output) if args.output else Path(args.checkpoint).parent
     run_log = Path(args.checkpoint).parent / LOG_NAME
@@ -349,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pan-reid", description="Part-Aware Network (PAN) for occluded person re-identification"
     )
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     synth = commands.add_parser(
@@ -428,15 +437,39 @@ COMMANDS = {
 }
 
 
+def _one_line(error: BaseException) -> str:
+    """The line of an error that says what went wrong: its message, or, for an error re-raised
+    from a DataLoader worker (the worker's traceback in the message), the original's last line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    return lines[-1] if "Traceback" in str(error) else lines[0]
+
+
+# Errors of the user's input, reported in one line without a traceback: usage (exit 2) or
+# data, files and resources (exit 1). Anything else is a bug, also reported in one line
+# (exit 1) unless --debug asks for the traceback.
+USAGE_ERRORS = (UsageError, ConfigError)
+INPUT_ERRORS = (OSError, ValueError, MemoryError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .engine.trainer import NonFiniteLossError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, NonFiniteLossError, FileNotFoundError) as error:
-        print(f"pan-reid {args.command}: error: {error}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print(f"pan-reid {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.debug:
+            raise
+        message = _one_line(error)
+        if not isinstance(error, (*INPUT_ERRORS, NonFiniteLossError)):
+            message = f"{type(error).__name__}: {message} (run with --debug for the traceback)"
+        print(f"pan-reid {args.command}: error: {message}", file=sys.stderr)
+        return 2 if isinstance(error, USAGE_ERRORS) else 1
 
 
 if __name__ == "__main__":

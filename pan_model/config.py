@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Iterable, Mapping, Optional, Union
 
 import yaml
 
@@ -41,24 +42,32 @@ class ConfigError(ValueError):
     """A configuration file or override that does not match the schema."""
 
 
+def _rule(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, **rule) -> Any:
+    """A dataclass field with a value rule in its metadata, checked by config_from_dict:
+    low= / high= (inclusive bounds; for a list, of each item), above= (exclusive lower
+    bound), or choices="module:NAME", the registry whose names are the valid values (one
+    source for what the code accepts, imported only when a config is checked)."""
+    return field(default=default, default_factory=factory, metadata=rule)
+
+
 @dataclass
 class ModelConfig:
     """Options of pan_model.build_model; null (None) leaves the architecture's own default
     (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC per stripe)."""
 
-    arch: str = "pan"  # "pan" | "pcb" | "global"
-    backbone: str = "resnet50"  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
-    num_parts: Optional[int] = None  # P
-    local_dim: Optional[int] = None  # n_l
-    global_dim: Optional[int] = None  # N_g
+    arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")  # "pan" | "pcb" | "global"
+    backbone: str = _rule("resnet50", choices="pan_model.backbones:BACKBONES")  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    num_parts: Optional[int] = _rule(None, low=1)  # P
+    local_dim: Optional[int] = _rule(None, low=1)  # n_l
+    global_dim: Optional[int] = _rule(None, low=1)  # N_g
     shared_fc: Optional[bool] = None
     mask_softmax: Optional[bool] = None
-    mask_source: Optional[str] = None  # conv50 | conv40 | conv41
-    local_source: Optional[str] = None  # conv51 | conv50
-    last_stride: int = 1
+    mask_source: Optional[str] = _rule(None, choices="pan_model.models.pan:MASK_SOURCES")  # conv50 | conv40 | conv41
+    local_source: Optional[str] = _rule(None, choices="pan_model.models.pan:LOCAL_SOURCES")  # conv51 | conv50
+    last_stride: int = _rule(1, low=1, high=2)
     pretrained: Optional[str] = None  # backbone weights: a file, or "imagenet" (cache, else download)
-    pool_backend: str = "auto"  # backend of pan_ops.weighted_pool
-    mask_generator: Optional[str] = None  # PAN: conv (the paper) | stripes (fixed, a diagnostic)
+    pool_backend: str = _rule("auto", choices="pan_ops:BACKENDS")  # backend of pan_ops.weighted_pool
+    mask_generator: Optional[str] = _rule(None, choices="pan_model.models.pan:MASK_GENERATORS")  # PAN: conv (the paper) | stripes (fixed, a diagnostic)
 
     def options(self) -> dict:
         """Keyword arguments of pan_model.build_model: the fields set, but arch."""
@@ -67,64 +76,64 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "market1501"
+    dataset: str = _rule("market1501", choices="pan_model.data:DATASETS")
     root: str = "data"
-    height: int = 256
-    width: int = 128
-    batch_size: int = 64  # images per optimiser step, summed over all processes
-    num_instances: int = 4  # images per identity in a PK batch
-    test_batch_size: int = 128
-    num_workers: int = 4
+    height: int = _rule(256, low=1)
+    width: int = _rule(128, low=1)
+    batch_size: int = _rule(64, low=1)  # images per optimiser step, summed over all processes
+    num_instances: int = _rule(4, low=1)  # images per identity in a PK batch
+    test_batch_size: int = _rule(128, low=1)
+    num_workers: int = _rule(4, low=0)
     augment: dict = field(default_factory=dict)  # keyword arguments of data.build_transforms
     synthetic: dict = field(default_factory=dict)  # keyword arguments of data.synthetic.generate
 
 
 @dataclass
 class LossConfig:
-    label_smoothing: float = 0.1
-    triplet_margin: Optional[float] = None  # None: soft margin log(1 + exp(d_ap - d_an))
-    id_weight: float = 1.0  # on the mean of the global and local identity losses
-    triplet_weight: float = 1.0
+    label_smoothing: float = _rule(0.1, low=0.0, high=0.999)
+    triplet_margin: Optional[float] = _rule(None, above=0.0)  # None: soft margin log(1 + exp(d_ap - d_an))
+    id_weight: float = _rule(1.0, low=0.0)  # on the mean of the global and local identity losses
+    triplet_weight: float = _rule(1.0, low=0.0)
     # Not in the paper (notes/accuracy_synthetic.md), off by default:
-    mask_decorrelation_weight: float = 0.0  # the masks' mean squared correlation (losses.MaskDecorrelationLoss)
-    mask_overlap_weight: float = 0.0  # the masks' mean uncentred |m| overlap (losses.MaskOverlapLoss)
-    triplet_on: str = "global"  # global | all: the triplet loss on [global, part embeddings]
+    mask_decorrelation_weight: float = _rule(0.0, low=0.0)  # the masks' mean squared correlation (losses.MaskDecorrelationLoss)
+    mask_overlap_weight: float = _rule(0.0, low=0.0)  # the masks' mean uncentred |m| overlap (losses.MaskOverlapLoss)
+    triplet_on: str = _rule("global", choices="pan_model.losses:TRIPLET_FEATURES")  # global | all: the triplet loss on [global, part embeddings]
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adam"  # adam | adamw | sgd
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    momentum: float = 0.9  # sgd only
-    warmup_epochs: int = 20
-    warmup_factor: float = 0.1  # the first epoch's lr is lr * warmup_factor (3.5e-5)
-    milestones: list[int] = field(default_factory=lambda: [60, 90])
-    gamma: float = 0.1
-    mask_lr_factor: float = 1.0  # not in the paper: the PAN mask generator's lr is lr * this
+    name: str = _rule("adam", choices="pan_model.engine.optim:OPTIMIZERS")  # adam | adamw | sgd
+    lr: float = _rule(3.5e-4, above=0.0)
+    weight_decay: float = _rule(5e-4, low=0.0)
+    momentum: float = _rule(0.9, low=0.0)  # sgd only
+    warmup_epochs: int = _rule(20, low=0)
+    warmup_factor: float = _rule(0.1, above=0.0, high=1.0)  # the first epoch's lr is lr * warmup_factor (3.5e-5)
+    milestones: list[int] = _rule(factory=lambda: [60, 90], low=1)
+    gamma: float = _rule(0.1, above=0.0)
+    mask_lr_factor: float = _rule(1.0, above=0.0)  # not in the paper: the PAN mask generator's lr is lr * this
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 120
+    epochs: int = _rule(120, low=1)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    amp: str = "auto"  # auto (bf16 on GPUs that support it) | none | bf16 | fp16
+    amp: str = _rule("auto", choices="pan_model.engine.trainer:AMP_MODES")  # auto (bf16 on GPUs that support it) | none | bf16 | fp16
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-    cpu_threads: Optional[int] = None  # torch.set_num_threads for CPU runs (null: PyTorch's default)
-    max_steps_per_epoch: Optional[int] = None  # cut epochs short (quick runs)
-    grad_clip: Optional[float] = None  # max global gradient norm
-    checkpoint_every: int = 10  # epochs
-    eval_every: int = 10  # epochs; the last epoch is always evaluated
-    best_metric: str = "mAP"  # rank1 | mAP | mINP: which score picks the best model
-    log_every: int = 20  # steps between loss records in log.jsonl
+    cpu_threads: Optional[int] = _rule(None, low=1)  # torch.set_num_threads for CPU runs (null: PyTorch's default)
+    max_steps_per_epoch: Optional[int] = _rule(None, low=1)  # cut epochs short (quick runs)
+    grad_clip: Optional[float] = _rule(None, above=0.0)  # max global gradient norm
+    checkpoint_every: int = _rule(10, low=0)  # epochs
+    eval_every: int = _rule(10, low=0)  # epochs; the last epoch is always evaluated
+    best_metric: str = _rule("mAP", choices="pan_model.engine.trainer:SCORES")  # rank1 | mAP | mINP: which score picks the best model
+    log_every: int = _rule(20, low=1)  # steps between loss records in log.jsonl
     progress: bool = True  # progress bars
 
 
 @dataclass
 class EvalConfig:
-    metric: str = "euclidean"  # euclidean | cosine
+    metric: str = _rule("euclidean", choices="pan_model.metrics:DISTANCE_METRICS")  # euclidean | sqeuclidean | cosine
     flip: bool = False  # average features of the image and its mirror
     rerank: bool = False  # k-reciprocal re-ranking
 
@@ -263,7 +272,8 @@ def _build(cls: type, tree: Any, prefix: str):
         hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
         raise ConfigError(f"unknown config key {prefix}{key}{hint}; valid keys of {where}: {', '.join(known)}")
     values = {}
-    for name in known:
+    for spec in dataclasses.fields(cls):
+        name = spec.name
         if name not in tree:
             continue
         kind = hints[name]
@@ -271,7 +281,39 @@ def _build(cls: type, tree: Any, prefix: str):
             values[name] = _build(kind, tree[name], prefix=f"{prefix}{name}.")
         else:
             values[name] = _coerce(tree[name], kind, f"{prefix}{name}")
-    return cls(**values)
+            _check_rule(values[name], spec.metadata, f"{prefix}{name}")
+    built = cls(**values)
+    if isinstance(built, DataConfig) and built.batch_size % built.num_instances:
+        raise ConfigError(
+            f"{prefix}batch_size={built.batch_size} must be a multiple of {prefix}num_instances={built.num_instances} "
+            "(PK batches: identities x images per identity)"
+        )
+    return built
+
+
+def _check_rule(value: Any, rule: Mapping, key: str) -> None:
+    """Raise ConfigError when `value` breaks its field's rule (see _rule); None always passes."""
+    if value is None or not rule:
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_rule(item, rule, f"{key}[{index}]")
+        return
+    if "choices" in rule:
+        module, name = rule["choices"].split(":")
+        choices = [str(choice) for choice in getattr(importlib.import_module(module), name)]
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{key}: {value!r} is not a valid choice ({hint}valid: {', '.join(choices)})")
+    bounds = [
+        ("low", lambda limit: value >= limit, ">="),
+        ("high", lambda limit: value <= limit, "<="),
+        ("above", lambda limit: value > limit, ">"),
+    ]
+    for name, holds, sign in bounds:
+        if name in rule and not holds(rule[name]):
+            raise ConfigError(f"{key}: must be {sign} {rule[name]}, got {value!r}")
 
 
 def _coerce(value: Any, kind: Any, key: str) -> Any:

@@ -13,6 +13,10 @@ Mask statistics (learned masks only), averaged over the query images:
   constant_share     share of a mask's energy in its mean: mean(m)^2 / mean(m^2); 1 for a
                      constant mask. contrast = 1 - constant_share
   single_signed      share of masks whose values all have one sign
+  negative_share     share of masks whose values sum below zero (a negative mask pools the
+                     negated weighted mean: same weights, the feature's sign flipped)
+  weight_map         [h][w] mean over images and masks of |m| / mean(|m|): where the pooling
+                     weight goes, relative to uniform pooling (1 everywhere)
 Part features (PAN and PCB):
   cos_part_gap       cosine between a part's pooled feature (sign-corrected by the sign of its
                      mask's sum) and global average pooling of the same map: 1 when every part
@@ -43,12 +47,16 @@ def mask_statistics(masks: torch.Tensor) -> dict:
     flat = masks.flatten(2)
     constant_share = flat.mean(2).pow(2) / flat.pow(2).mean(2).clamp_min(1e-300)
     single_signed = (flat.amin(2) >= 0) | (flat.amax(2) <= 0)
+    relative_weight = flat.abs() / flat.abs().mean(2, keepdim=True).clamp_min(1e-300)
+    weight_map = relative_weight.mean((0, 1)).reshape(masks.shape[2:])
     return {
         "mean_abs_corr": float(corr[off_diagonal].abs().mean()),
         "leading_eigenvalue": float(spectrum[0] / spectrum.sum()),
         "mean_overlap": float(mask_overlaps(masks)[:, off_diagonal].mean()),
         "constant_share": float(constant_share.mean()),
         "single_signed": float(single_signed.double().mean()),
+        "negative_share": float((flat.sum(2) < 0).double().mean()),
+        "weight_map": weight_map.tolist(),
     }
 
 

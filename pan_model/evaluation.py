@@ -3,12 +3,12 @@ their distances (optionally re-ranked), then CMC / mAP / mINP."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
-from .metrics import compute_distance_matrix, evaluate_rank, re_ranking
+from . import metrics
 
 REPORTED_RANKS = (1, 5, 10)
 
@@ -40,6 +40,9 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device: "str | to
     return torch.cat(features), torch.cat(pids).numpy().astype(np.int64), torch.cat(camids).numpy().astype(np.int64)
 
 
+BLOCK_BYTES = 256 << 20  # default query block: about this much float32 distances
+
+
 def evaluate_features(
     query_features: torch.Tensor,
     gallery_features: torch.Tensor,
@@ -52,30 +55,64 @@ def evaluate_features(
     max_rank: int = 50,
     device: "str | torch.device | None" = None,
     return_distances: bool = False,
+    query_block: Optional[int] = None,
 ) -> dict:
     """Scores of query vs gallery features: rank1, rank5, rank10, mAP, mINP (fractions in
     [0, 1]) and the CMC curve (a list). Distances are computed on `device` (default: the
-    features'); rerank=True applies k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3) on
-    squared Euclidean distances for metric="euclidean", on the metric's own otherwise.
+    features').
+
+    The queries are scored `query_block` at a time (rounded up to a multiple of
+    metrics.DISTANCE_CHUNK_ROWS; default: blocks of about BLOCK_BYTES of distances), so memory beyond
+    the features grows with query_block x num_gallery, never with the whole query x gallery
+    matrix; the scores are the same to the last digit for every block size. Two options need
+    the whole matrix: rerank=True applies k-reciprocal re-ranking (k1=20, k2=6, lambda=0.3)
+    on squared Euclidean distances for metric="euclidean", on the metric's own otherwise,
+    and refuses with MemoryError when its matrices would not fit in the memory available;
     return_distances=True adds "distances", the [num_query, num_gallery] numpy array the
     scores were ranked by (re-ranked ones when rerank=True), for pictures of the same ranking."""
     if device is not None:
         query_features, gallery_features = query_features.to(device), gallery_features.to(device)
-    if rerank:
-        rerank_metric = "sqeuclidean" if metric == "euclidean" else metric
-        distmat = re_ranking(
-            compute_distance_matrix(query_features, gallery_features, rerank_metric),
-            compute_distance_matrix(query_features, query_features, rerank_metric),
-            compute_distance_matrix(gallery_features, gallery_features, rerank_metric),
-        )
+    labels = (q_pids, g_pids, q_camids, g_camids)
+    extra = {}
+    if rerank or return_distances:
+        distmat = _whole_distance_matrix(query_features, gallery_features, metric, rerank)
+        ranks = [metrics.rank_queries(distmat, *labels)]
+        if return_distances:
+            extra["distances"] = np.asarray(distmat)
     else:
-        distmat = compute_distance_matrix(query_features, gallery_features, metric)
-    cmc, mean_ap, mean_inp = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
+        num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
+        if query_block is None:
+            query_block = BLOCK_BYTES // (4 * max(num_gallery, 1))
+        if query_block < 1:
+            raise ValueError(f"evaluate_features: query_block must be >= 1, got {query_block}")
+        # Whole chunks of compute_distance_matrix: each distance, hence each score, is then
+        # computed by the same product whatever the block size.
+        chunk = metrics.DISTANCE_CHUNK_ROWS
+        query_block = -(-query_block // chunk) * chunk
+        q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
+        ranks = []
+        for start in range(0, max(num_query, 1), query_block):
+            rows = slice(start, start + query_block)
+            block = metrics.compute_distance_matrix(query_features[rows], gallery_features, metric)
+            ranks.append(metrics.rank_queries(block, q_pids[rows], g_pids, q_camids[rows], g_camids))
+            del block  # free before the next block is computed
+    cmc, mean_ap, mean_inp = metrics.summarise_ranks(ranks, max_rank)
     scores = {f"rank{rank}": float(cmc[rank - 1]) for rank in REPORTED_RANKS if rank <= len(cmc)}
-    result = {**scores, "mAP": mean_ap, "mINP": mean_inp, "cmc": cmc.tolist()}
-    if return_distances:
-        result["distances"] = np.asarray(distmat)
-    return result
+    return {**scores, "mAP": mean_ap, "mINP": mean_inp, "cmc": cmc.tolist(), **extra}
+
+
+def _whole_distance_matrix(query_features, gallery_features, metric: str, rerank: bool):
+    """The [Q, G] distances, re-ranked when asked (after checking that re-ranking fits)."""
+    distance = metrics.compute_distance_matrix
+    if not rerank:
+        return distance(query_features, gallery_features, metric)
+    metrics.check_re_ranking_memory(query_features.shape[0], gallery_features.shape[0])
+    rerank_metric = "sqeuclidean" if metric == "euclidean" else metric
+    return metrics.re_ranking(
+        distance(query_features, gallery_features, rerank_metric),
+        distance(query_features, query_features, rerank_metric),
+        distance(gallery_features, gallery_features, rerank_metric),
+    )
 
 
 def evaluate(
@@ -88,6 +125,7 @@ def evaluate(
     rerank: bool = False,
     max_rank: int = 50,
     return_distances: bool = False,
+    query_block: Optional[int] = None,
 ) -> dict:
     """Extract query and gallery features with `model`, then score them (evaluate_features)."""
     query_features, q_pids, q_camids = extract_features(model, query_loader, device, flip)
@@ -104,6 +142,7 @@ def evaluate(
         max_rank,
         device,
         return_distances,
+        query_block,
     )
 
 

@@ -73,3 +73,31 @@ def test_study_on_a_real_layout_stretches_and_stages_the_schedule(tmp_path):
     header = next(line for line in done.stdout.splitlines() if line.startswith("| model | epochs |"))
     assert "query Rank-1 (%)" in header and "holistic" not in header
     assert "| PAN | 0 | 1 | " in done.stdout and "| PAN | 0 | 2 | " in done.stdout  # the stage table
+
+
+def test_study_goes_on_from_what_a_killed_study_left(tmp_path):
+    """A study run again over the same --output trains nothing that is done: a finished run is
+    read back from its study.json, and a run whose final scores were never written (the study
+    was killed after training) is scored from its checkpoint without training. A folder
+    trained with another recipe is refused rather than resumed."""
+    args = [
+        "--config", str(REPO / "pan_model" / "configs" / "smoke.yaml"), "--models", "pan", "global", "--seeds", "0",
+        "--output", str(tmp_path / "runs"), f"data.root={tmp_path / 'data'}", "train.epochs=1",
+    ]  # fmt: skip
+    first = run_study(args, tmp_path, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    pan_folder = tmp_path / "runs" / "pan_seed0"
+    record = json.loads((pan_folder / "study.json").read_text())
+    # as if killed between the end of training and the final scores
+    (pan_folder / "study.json").write_text(json.dumps({key: record[key] for key in ("model", "seed", "epochs", "seconds", "stages")}))
+    trained = {folder: (folder / "log.jsonl").stat().st_mtime_ns for folder in (tmp_path / "runs").iterdir() if folder.is_dir()}
+
+    again = run_study(args, tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "backbone" in first.stdout and "backbone" not in again.stdout  # train() names the backbone it builds
+    assert {folder: (folder / "log.jsonl").stat().st_mtime_ns for folder in trained} == trained
+    runs = json.loads((tmp_path / "runs" / "runs.json").read_text())
+    assert runs[0]["occluded"] == record["occluded"] and runs[0]["diagnostics"] == record["diagnostics"]
+
+    other = run_study([*args, "loss.triplet_weight=0.5"], tmp_path, timeout=600)
+    assert other.returncode != 0 and "holds a run of another recipe" in other.stderr

@@ -14,17 +14,6 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "pan_model" / "configs" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One smoke training run through the CLI, shared by the commands that need a checkpoint."""
-    folder = tmp_path_factory.mktemp("cli")
-    code = main(
-        ["train", str(SMOKE), f"data.root={folder / 'data'}", "train.epochs=1", "--output-dir", str(folder / "run")]
-    )
-    assert code == 0
-    return folder
-
-
 def test_help_lists_every_subcommand(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -186,13 +175,6 @@ def test_synth_writes_a_dataset(tmp_path, capsys):
         == 0
     )
     assert any((tmp_path / "query").glob("*.jpg"))
-
-
-def test_config_errors_exit_with_a_message(tmp_path, capsys):
-    assert main(["train", str(SMOKE), "model.num_part=3"]) == 1
-    assert "unknown config key model.num_part (did you mean model.num_parts?)" in capsys.readouterr().err
-    assert main(["train", str(tmp_path / "missing.yaml")]) == 1
-    assert "config file not found" in capsys.readouterr().err
 
 
 def _no_registry(monkeypatch, tmp_path):

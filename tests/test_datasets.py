@@ -116,12 +116,16 @@ def test_matching_counts_give_no_warning(tmp_path, monkeypatch):
         build_dataset("market1501", tmp_path)
 
 
-def test_unparsed_image_names_warn_with_an_example(tmp_path):
+def test_unparsed_image_names_and_empty_splits_are_errors_naming_them(tmp_path):
     make_dataset_folder(tmp_path / "data", market_name, 6, seed=5)
     write_tiny_image(tmp_path / "data" / "query" / "person.jpg", 0)
-    with pytest.warns(UserWarning, match="skipped 1 image.*'person.jpg'"):
-        dataset = build_dataset("custom", tmp_path / "data")
-    assert all("person.jpg" not in path for path, _, _ in dataset.query)
+    with pytest.raises(ValueError, match=r"data/query: 1 image\(s\) whose names do not start with <pid>_c<camera>, e.g. 'person.jpg'"):
+        build_dataset("custom", tmp_path / "data")
+    for split in SPLITS.values():
+        (tmp_path / "empty" / split).mkdir(parents=True)
+    (tmp_path / "empty" / "query" / "notes.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="empty/bounding_box_train holds no images"):
+        build_dataset("custom", tmp_path / "empty")
 
 
 def test_camera_out_of_range_names_the_file(tmp_path):

@@ -20,6 +20,9 @@ def test_mask_statistics_of_one_map_and_its_negative():
     assert stats["mean_overlap"] == pytest.approx(1.0)
     assert stats["constant_share"] == pytest.approx(9 / 12.5)
     assert stats["single_signed"] == 1.0
+    assert stats["negative_share"] == 0.5
+    # |m| / mean |m| is base / 3 for both masks
+    torch.testing.assert_close(torch.tensor(stats["weight_map"], dtype=torch.float64), torch.tensor([[1 / 3, 2 / 3], [1.0, 2.0]], dtype=torch.float64))
 
 
 def test_mask_statistics_of_disjoint_signed_parts():
@@ -33,6 +36,9 @@ def test_mask_statistics_of_disjoint_signed_parts():
     # top: mean 0 -> share 0; bottom: mean 1, mean square 2 -> share 1/2
     assert stats["constant_share"] == pytest.approx(0.25)
     assert stats["single_signed"] == pytest.approx(0.5)
+    assert stats["negative_share"] == 0.0  # top sums to 0: not below zero
+    # top: |m| / 0.5 = [[2, 2], [0, 0]]; bottom: |m| / 1 = [[0, 0], [2, 2]]; their mean
+    torch.testing.assert_close(torch.tensor(stats["weight_map"], dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64))
 
 
 def test_slice_scores_score_each_slice_of_f_cat_on_its_own():

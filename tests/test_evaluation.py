@@ -91,3 +91,66 @@ def test_rerank_uses_squared_euclidean_distances():
     assert scores["mAP"] == pytest.approx(mean_ap) and scores["rank5"] == pytest.approx(cmc[4])
     assert "rank10" not in scores  # beyond max_rank
     np.testing.assert_array_equal(scores["distances"], reranked)  # what the scores were ranked by
+
+
+# ---- scoring in query blocks -----------------------------------------------------------------
+def block_problem(seed, num_query=700, num_gallery=900, dim=12):
+    """Features on a coarse grid (many tied distances), same-camera junk, distractor pids
+    and queries whose identity the gallery lacks."""
+    rng = np.random.default_rng(seed)
+    g_pids = rng.integers(0, 150, num_gallery)
+    q_pids = np.concatenate([rng.choice(g_pids, num_query - 40), 1000 + np.arange(40)])  # 40 without a match
+    centres = rng.integers(-2, 3, (1200, dim)).astype(np.float32)
+    query = torch.from_numpy(centres[q_pids % 1200] + rng.integers(-1, 2, (num_query, dim)))
+    gallery = torch.from_numpy(centres[g_pids % 1200] + rng.integers(-1, 2, (num_gallery, dim)))
+    return query, gallery, q_pids, g_pids, rng.integers(0, 3, num_query), rng.integers(0, 3, num_gallery)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_query_blocks_give_the_whole_matrix_scores_to_the_last_digit(metric, monkeypatch):
+    query, gallery, *labels = block_problem(seed=len(metric))
+    whole = compute_distance_matrix(query, gallery, metric)
+    ordered = whole.sort(dim=1).values
+    assert (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).float().mean() > 0.5  # most rows have ties
+    cmc, mean_ap, mean_inp = evaluate_rank(whole, *labels)
+    requested_rows = []
+    real = compute_distance_matrix
+
+    def recorded(query_features, *args, **kwargs):
+        requested_rows.append(query_features.shape[0])
+        return real(query_features, *args, **kwargs)
+
+    monkeypatch.setattr("pan_model.metrics.compute_distance_matrix", recorded)
+    for block in (1, 256, 300, 700, None):
+        requested_rows.clear()
+        scores = evaluate_features(query, gallery, *labels, metric=metric, query_block=block)
+        assert scores["cmc"] == cmc.tolist() and scores["mAP"] == mean_ap and scores["mINP"] == mean_inp
+        if block is not None:  # never more query rows at once than one block (rounded to 256)
+            limit = -(-block // 256) * 256
+            assert max(requested_rows) <= limit and sum(requested_rows) == len(query)
+    assert requested_rows == [700]  # the default block holds this small problem whole
+
+
+def test_flipped_features_score_the_same_in_blocks():
+    torch.manual_seed(0)
+    model = ColumnModel(5, 9).eval()
+    query_loader, *_ = make_loader(3, 300, 40, batch_size=64)
+    gallery_loader, *_ = make_loader(4, 410, 40, batch_size=64)
+    whole = evaluate(model, query_loader, gallery_loader, "cpu", flip=True, return_distances=True)
+    blocks = evaluate(model, query_loader, gallery_loader, "cpu", flip=True, query_block=100)
+    assert {k: v for k, v in whole.items() if k != "distances"} == blocks
+
+
+def test_re_ranking_that_would_not_fit_is_refused_with_what_it_needs(monkeypatch):
+    from pan_model.metrics import check_re_ranking_memory
+
+    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 24 << 30)
+    # 10,000 x 100,000: the (Q + G)^2 float32 matrix alone is 45 GiB
+    with pytest.raises(MemoryError, match=r"10000 queries against 100000 gallery images needs about 1\d\d\.\d GiB .* 24\.0 GiB available"):
+        check_re_ranking_memory(10_000, 100_000)
+    query, gallery, *labels = block_problem(seed=5, num_query=300, num_gallery=400)
+    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 1 << 20)
+    with pytest.raises(MemoryError, match="re-ranking 300 queries against 400 gallery images"):
+        evaluate_features(query, gallery, *labels, rerank=True)
+    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 1 << 40)
+    assert 0 < evaluate_features(query, gallery, *labels, rerank=True)["mAP"] <= 1

@@ -10,8 +10,8 @@ layout of it) or ``0001_c1_1.png`` (the public release's ``cuhk03-np/detected`` 
   * pid -1 (Market's "junk" detections) is dropped; pid 0 (distractors) is kept;
   * cameras become 0-based (c1 -> 0);
   * training pids are relabelled 0..N-1 in sorted order (query and gallery keep theirs);
-  * files that are not images are ignored; images whose names do not parse are skipped
-    with a warning naming one of them.
+  * files that are not images are ignored; an image whose name does not parse, or a split
+    without images, is an error that names the folder and one such file.
 
 Each split is a list of (img_path, pid, camid) sorted by file name; `ImageDataset` turns
 one into (image, pid, camid, img_path) samples.
@@ -179,12 +179,13 @@ def parse_split(folder: Path, num_cameras: Optional[int] = None) -> list:
             limit = f"1..{num_cameras}" if num_cameras is not None else ">= 1"
             raise ValueError(f"{path}: camera c{camera} is outside {limit}")
         items.append(Item(str(path), pid, camera - 1))
-    if unparsed:
-        warnings.warn(
-            f"{folder}: skipped {len(unparsed)} image(s) whose names do not start with <pid>_c<camera>, "
-            f"e.g. {unparsed[0]!r}",
-            stacklevel=3,
+    if unparsed:  # a stray image is more likely a mistake than something to leave out silently
+        raise ValueError(
+            f"{folder}: {len(unparsed)} image(s) whose names do not start with <pid>_c<camera>, e.g. "
+            f"{unparsed[0]!r}; rename or remove them"
         )
+    if not items:
+        raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_EXTENSIONS)} named <pid>_c<camera>...)")
     return items
 
 

@@ -45,6 +45,7 @@ AUTO_RESUME = "auto"  # train(resume=...): the run's checkpoint_last.pt if there
 BEST_NAME = "model_best.pt"
 METRICS_NAME = "metrics.json"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_MODES = ("auto", *AMP_DTYPES)  # train.amp
 SCORES = ("rank1", "rank5", "rank10", "mAP", "mINP")
 
 
@@ -68,7 +69,7 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if amp not in AMP_DTYPES:
-        raise ValueError(f"train.amp must be one of auto, {', '.join(AMP_DTYPES)}; got {amp!r}")
+        raise ValueError(f"train.amp must be one of {', '.join(AMP_MODES)}; got {amp!r}")
     if amp == "fp16" and device.type != "cuda":
         raise ValueError(f"train.amp=fp16 needs a CUDA device (loss scaling); got {device}. Use bf16 or none")
     return AMP_DTYPES[amp]
