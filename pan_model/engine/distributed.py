@@ -37,7 +37,17 @@ def init_distributed(device: torch.device) -> DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        attempt = restart_count()
+        if attempt == 0:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun's agent keeps one store for every attempt of a launch, so the addresses
+            # that the killed attempt's processes published are still in it; a restarted process
+            # that reads its peer's stale address before the peer rewrites it connects to a dead
+            # port and fails. Each attempt's keys get a prefix of their own.
+            store, rank, size = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"pan_model/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size)
     return context
 
 
