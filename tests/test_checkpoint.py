@@ -1,4 +1,5 @@
-"""Atomic checkpoint writes (a kill mid-save keeps the old file), weights-only loading, RNG state."""
+"""Atomic checkpoint writes (a kill mid-save keeps the old file), weights-only loading that
+refuses damaged files and checkpoints of another run, RNG state."""
 
 import os
 import pickle
@@ -13,8 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from pan_model.config import load_config
 from pan_model.engine.checkpoint import (
+    TRAINING_STATE,
+    CheckpointError,
     capture_rng_state,
+    check_resumable,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
@@ -22,6 +27,7 @@ from pan_model.engine.checkpoint import (
 from pan_model.models import unwrap_model
 
 REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "pan_model" / "configs" / "smoke.yaml"
 
 
 def _state(seed: int) -> dict:
@@ -110,8 +116,59 @@ def test_kill_during_save_keeps_the_previous_checkpoint(tmp_path):
     temporaries = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert temporaries, "the kill should have hit the write of the temporary file"
     assert load_checkpoint(path)["epoch"] == 1  # the previous checkpoint is intact
-    save_checkpoint(_state(4), path)  # and a stray temporary does not block the next save
+    save_checkpoint(_state(4), path)  # a stray temporary does not block the next save, which removes it
     assert load_checkpoint(path)["epoch"] == 4
+    assert [p.name for p in tmp_path.iterdir() if p.name != "stalled"] == ["ckpt.pt"]
+
+
+def test_a_live_writers_temporary_is_left_alone(tmp_path):
+    live = tmp_path / f".ckpt.pt.{os.getppid()}.tmp"  # as if the parent process were writing ckpt.pt
+    live.write_bytes(b"partial")
+    save_checkpoint(_state(1), tmp_path / "ckpt.pt")
+    assert live.read_bytes() == b"partial"
+
+
+def test_a_file_cut_short_or_damaged_is_refused(tmp_path):
+    path = save_checkpoint(_state(2), tmp_path / "ckpt.pt")
+    data = path.read_bytes()
+    for length in (0, 10, len(data) // 2, len(data) - 1):
+        path.write_bytes(data[:length])
+        with pytest.raises(CheckpointError, match="ckpt.pt is not a complete checkpoint .*: it was cut short or damaged"):
+            load_checkpoint(path)
+    # one flipped bit in the weights: torch.load alone would return them silently changed
+    weights = _state(2)["weights"].numpy().tobytes()
+    start = data.index(weights)
+    damaged = bytearray(data)
+    damaged[start + len(weights) // 2] ^= 0x10
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match=r"ckpt.pt is damaged: its record \S+/data/\d+ does not match its checksum"):
+        load_checkpoint(path)
+
+
+def _training_state(config, num_classes=4) -> dict:
+    return {**{key: 0 for key in TRAINING_STATE}, "config": config.to_dict(), "num_classes": num_classes}
+
+
+def test_resuming_needs_a_training_checkpoint_of_the_same_run():
+    config = load_config(SMOKE)
+    # where files are, how fast, how often, how long and how it is evaluated may change
+    moved = load_config(SMOKE, ["output_dir=elsewhere", "data.root=moved", "train.epochs=9", "train.eval_every=3", "eval.flip=true"])
+    check_resumable(_training_state(config), moved, 4, "ckpt.pt")
+    other = load_config(SMOKE, ["model.backbone=osnet_x0_5", "optim.lr=0.1", "train.seed=3", "data.num_instances=4"])
+    with pytest.raises(CheckpointError) as refused:
+        check_resumable(_training_state(config), other, 5, "ckpt.pt")
+    assert str(refused.value).startswith("cannot resume from ckpt.pt: it is a checkpoint of another run; ")
+    for difference in (
+        "model.backbone: 'osnet_x0_25' in the checkpoint, 'osnet_x0_5' now",
+        "data.num_instances: 2 in the checkpoint, 4 now",
+        "optim.lr: 0.00035 in the checkpoint, 0.1 now",
+        "train.seed: 0 in the checkpoint, 3 now",
+        "training identities: 4 in the checkpoint, 5 in the dataset",
+    ):
+        assert difference in str(refused.value)
+    best = {"config": config.to_dict(), "num_classes": 4, "model": {}, "epoch": 2, "scores": {}}  # a model_best.pt
+    with pytest.raises(CheckpointError, match=r"holds no training state \(optimizer, .* missing\); a model_best.pt"):
+        check_resumable(best, config, 4, "model_best.pt")
 
 
 def _draws():

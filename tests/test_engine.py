@@ -1,9 +1,12 @@
-"""The training engine end to end on a few synthetic identities: the files of a run, exact
-resume after a signal, the NaN guard, the schedule and the optimiser choices."""
+"""The training engine end to end on a few synthetic identities: the files of a run, its
+progress output, exact resume after a signal, the NaN guard, the schedule and the optimiser
+choices."""
 
 import json
 import os
+import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,8 @@ import torch
 
 from pan_model.config import load_config
 from pan_model.engine import NonFiniteLossError, WarmupMultiStepLR, build_optimizer, load_checkpoint, load_model, train
-from pan_model.engine.run_log import read_log
+from pan_model.engine.run_log import RunLog, read_log
+from pan_model.engine.trainer import _Progress
 from pan_model.losses import ReIDLoss
 
 SMOKE = Path(__file__).resolve().parent.parent / "pan_model" / "configs" / "smoke.yaml"
@@ -32,9 +36,14 @@ def step_records(folder):
     ]
 
 
-def test_tiny_run_trains_evaluates_and_writes_its_files(dataset_root, tmp_path):
-    result = train(smoke_config(dataset_root, tmp_path))
+def test_tiny_run_trains_evaluates_and_writes_its_files(dataset_root, tmp_path, capsys):
+    result = train(smoke_config(dataset_root, tmp_path, "train.progress=true"))
     assert result["status"] == "finished"
+    # output captured, so not a terminal: one progress line per logged step, no bar
+    out, err = capsys.readouterr()
+    lines = re.findall(r"^epoch (\d)/2  step (\d)/2  [\d.]+ steps/s  loss [\d.]+  lr 3\.50e-04  ETA \d+:\d\d:\d\d$", out, re.M)
+    assert lines == [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")]
+    assert "\r" not in out + err
     assert {"checkpoint_last.pt", "model_best.pt", "metrics.json", "log.jsonl", "config.yaml"} <= {
         p.name for p in tmp_path.iterdir()
     }
@@ -68,6 +77,40 @@ def test_training_stream_does_not_depend_on_evaluation_or_loader_workers(dataset
     assert len(records["evaluated, in process"]) == 6
     assert records["not evaluated"] == records["evaluated, in process"]
     assert records["evaluated, one worker"] == records["evaluated, in process"]
+
+
+def test_progress_is_a_live_bar_on_a_terminal_and_a_line_per_interval_elsewhere(capsys, monkeypatch):
+    def epoch():
+        with _Progress(True, "epoch 2/3", steps=6, done=0, later_steps=6) as progress:
+            for done in range(1, 7):
+                progress.update(done, 1.5 + done, 3.5e-4, 40.0, 0.5, due=done % 3 == 0)
+
+    epoch()  # captured: not a terminal
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [  # ETA: the 6 - done steps left in this epoch and 6 in the next, at 0.5 step/s
+        "epoch 2/3  step 3/6  0.50 steps/s  loss 4.5000  lr 3.50e-04  ETA 0:00:18",
+        "epoch 2/3  step 6/6  0.50 steps/s  loss 7.5000  lr 3.50e-04  ETA 0:00:12",
+    ]
+    assert err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    epoch()
+    out, err = capsys.readouterr()
+    assert out == "" and "\r" in err and "epoch 2/3" in err and "lr=3.50e-04" in err  # tqdm's bar
+    with _Progress(False, "epoch 2/3", steps=6, done=0, later_steps=0) as progress:  # train.progress=false
+        progress.update(3, 1.0, 3.5e-4, 40.0, 0.5, due=True)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_a_log_line_cut_short_by_a_crash_is_dropped_on_resume(tmp_path):
+    log = RunLog(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        log.write({"kind": "step", "global_step": step, "total": 1.0})
+    with open(log.path, "a") as handle:
+        handle.write('{"kind": "step", "global_st')  # the process died mid-write
+    assert [r["global_step"] for r in read_log(tmp_path)] == [1, 2, 3]
+    log.truncate_after(2)
+    log.write({"kind": "step", "global_step": 3, "total": 2.0})
+    assert [(r["global_step"], r["total"]) for r in read_log(tmp_path)] == [(1, 1.0), (2, 1.0), (3, 2.0)]
 
 
 class _SignalAtStep:

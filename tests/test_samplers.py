@@ -1,4 +1,5 @@
-"""PKSampler invariants: P x K batches, every identity each round, disjoint ranks, determinism."""
+"""PKSampler invariants: P x K batches, every identity each round, ranks sharing each batch
+by whole identities, determinism."""
 
 import collections
 
@@ -19,18 +20,19 @@ def random_items(seed, num_ids, min_images, max_images):
     return [(f"img{index}.jpg", int(pid), index % 3) for index, pid in enumerate(pids)]
 
 
-def rank_batches(sampler, batch_size):
+def rank_batches(sampler):
+    """The sampler's indices cut into its per-step shares."""
     indices = list(sampler)
-    assert len(indices) == len(sampler) and len(indices) % batch_size == 0
-    return [indices[start : start + batch_size] for start in range(0, len(indices), batch_size)]
+    assert len(indices) == len(sampler) and len(indices) % sampler.share == 0
+    return [indices[start : start + sampler.share] for start in range(0, len(indices), sampler.share)]
 
 
 @pytest.mark.parametrize(
     "num_ids, min_images, max_images, num_instances, batch_size, world_size, rounds",
     [
         (23, 1, 9, 4, 16, 1, None),  # some identities below K: sampled with replacement
-        (37, 5, 13, 3, 21, 2, 1),
-        (41, 2, 30, 4, 32, 3, 2),
+        (37, 5, 13, 3, 24, 2, 1),
+        (41, 2, 30, 4, 48, 3, 2),
         (10, 4, 4, 2, 20, 1, None),  # one batch per round holds every identity
     ],
 )
@@ -39,25 +41,25 @@ def test_batches_are_p_identities_times_k(num_ids, min_images, max_images, num_i
     pid_of = [pid for _, pid, _ in items]
     images_of = collections.Counter(pid_of)
     samplers = [PKSampler(items, num_instances, batch_size, seed=5, rank=r, world_size=world_size, rounds=rounds) for r in range(world_size)]
-    per_rank = [rank_batches(sampler, batch_size) for sampler in samplers]
+    per_rank = [rank_batches(sampler) for sampler in samplers]
     assert len({len(batches) for batches in per_rank}) == 1  # same number of steps everywhere
     appearances = collections.Counter()
-    for batches in per_rank:
-        for batch in batches:
-            groups = [batch[start : start + num_instances] for start in range(0, batch_size, num_instances)]
-            group_pids = [{pid_of[index] for index in group} for group in groups]
-            assert all(len(pids) == 1 for pids in group_pids)  # a group is one identity
-            pids = [next(iter(pids)) for pids in group_pids]
-            assert len(set(pids)) == batch_size // num_instances  # P distinct identities
-            for pid, group in zip(pids, groups):
-                if images_of[pid] >= num_instances:
-                    assert len(set(group)) == num_instances  # no repeat within a group
-            appearances.update(pids)
+    for shares in zip(*per_rank):  # the ranks' shares of one step
+        batch = [index for share in shares for index in share]
+        groups = [batch[start : start + num_instances] for start in range(0, batch_size, num_instances)]
+        group_pids = [{pid_of[index] for index in group} for group in groups]
+        assert all(len(pids) == 1 for pids in group_pids)  # a group is one identity: shares hold whole identities
+        pids = [next(iter(pids)) for pids in group_pids]
+        assert len(set(pids)) == batch_size // num_instances  # P distinct identities
+        for pid, group in zip(pids, groups):
+            if images_of[pid] >= num_instances:
+                assert len(set(group)) == num_instances  # no repeat within a group
+        appearances.update(pids)
     expected_rounds = samplers[0].rounds
     assert set(appearances) == set(images_of)
     assert min(appearances.values()) >= expected_rounds  # every identity, every round
     padding = sum(appearances.values()) - expected_rounds * num_ids
-    assert 0 <= padding < expected_rounds * (batch_size // num_instances) * world_size
+    assert 0 <= padding < expected_rounds * (batch_size // num_instances)  # only each round's last batch
 
 
 def test_default_rounds_cover_about_one_pass_over_the_images():
@@ -67,14 +69,19 @@ def test_default_rounds_cover_about_one_pass_over_the_images():
     assert abs(len(sampler) - len(items)) <= 4 * 32 + 30 * 4
 
 
-def test_ranks_get_disjoint_shares_of_the_epoch():
+def test_ranks_share_the_batches_a_single_process_draws():
     items = random_items(1, 45, 12, 20)  # enough images that no identity cycles within an epoch
     world_size, batch_size = 3, 24
     samplers = [PKSampler(items, 4, batch_size, seed=9, rank=r, world_size=world_size, rounds=1) for r in range(world_size)]
+    single = PKSampler(items, 4, batch_size, seed=9, rounds=1)
     shares = [list(sampler) for sampler in samplers]
     assert sum(len(share) for share in shares) == len(set().union(*map(set, shares)))  # no index twice
-    everything = [index for batch in samplers[0].epoch_batches() for index in batch.tolist()]
-    assert sorted(everything) == sorted(index for share in shares for index in share)
+    steps = [[index for batches in step for index in batches] for step in zip(*map(rank_batches, samplers))]
+    assert steps == rank_batches(single)  # step by step, the shares in rank order are the single process's batch
+    # and global_position says where each process's index stands in that stream
+    stream = list(single)
+    for rank, share in enumerate(shares):
+        assert [stream[samplers[rank].global_position(p)] for p in range(len(share))] == share
 
 
 def test_order_depends_on_seed_and_epoch_only_and_resumes():
@@ -91,6 +98,10 @@ def test_order_depends_on_seed_and_epoch_only_and_resumes():
     assert list(PKSampler(items, 4, 16, seed=4)) != first
     with pytest.raises(ValueError, match="saved batch_size=16, this sampler has 32"):
         PKSampler(items, 4, 32).load_state_dict(sampler.state_dict())
+    # another number of processes only splits the same batches
+    shared = PKSampler(items, 4, 16, seed=123, rank=1, world_size=2)
+    shared.load_state_dict(sampler.state_dict())
+    assert list(shared) == [i for step in rank_batches(resumed) for i in step[8:]]
 
 
 def test_works_as_a_dataloader_sampler():
@@ -121,3 +132,5 @@ def test_bad_arguments_are_clear_errors():
         PKSampler(items, 2, 16)
     with pytest.raises(ValueError, match=r"rank=2 must lie in \[0, world_size=2\)"):
         PKSampler(items, 2, 4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="the 3 identities of a batch cannot be shared as whole identities among world_size=2"):
+        PKSampler(items, 2, 6, rank=0, world_size=2)

@@ -15,17 +15,19 @@ class PKSampler(Sampler):
     distinct identities with K = num_instances images each.
 
     An epoch is `rounds` rounds; in each round every identity appears once, in a random
-    order, and the last batches are completed with identities drawn again at random (so
-    every batch has P distinct identities and every process as many batches as the others).
+    order, and the last batch is completed with identities drawn again at random (so every
+    batch has P distinct identities).
     An identity hands out its images in a shuffled cycle, so a round's K images never
     repeat one; identities with fewer than K images are sampled with replacement.
     rounds=None picks about one pass over the images per epoch: round(len(items) / (ids x K)).
 
-    Under torch.distributed each process (rank of world_size, by default those of the
-    initialised process group) gets every world_size-th batch: disjoint batches, and
-    batch_size is the per-process batch. The order is a function of (seed, epoch) alone:
-    call set_epoch(e) before iterating epoch e. Iteration yields flat indices; use it as
-    ``DataLoader(..., batch_size=batch_size, sampler=sampler)``.
+    batch_size is the global batch: the images of one optimiser step, all processes together.
+    Under torch.distributed (rank of world_size, by default those of the initialised process
+    group) each process gets its share of every batch, batch_size / world_size images made of
+    P / world_size whole identities, so the union of the shares is the batch a single process
+    would draw, whatever the number of processes. The order is a function of (seed, epoch)
+    alone: call set_epoch(e) before iterating epoch e. Iteration yields this process's flat
+    indices; use it as ``DataLoader(..., batch_size=sampler.share, sampler=sampler)``.
     """
 
     def __init__(
@@ -48,6 +50,11 @@ class PKSampler(Sampler):
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < world_size:
             raise ValueError(f"PKSampler: rank={rank} must lie in [0, world_size={world_size})")
+        if (batch_size // num_instances) % world_size:
+            raise ValueError(
+                f"PKSampler: the {batch_size // num_instances} identities of a batch cannot be shared as whole "
+                f"identities among world_size={world_size} processes"
+            )
         indices_of = {}
         for index, item in enumerate(items):
             indices_of.setdefault(int(item[1]), []).append(index)
@@ -55,6 +62,7 @@ class PKSampler(Sampler):
         self.num_instances = num_instances
         self.batch_size = batch_size
         self.num_identities_per_batch = batch_size // num_instances
+        self.share = batch_size // world_size  # images per process per batch
         if len(self.identity_indices) < self.num_identities_per_batch:
             raise ValueError(
                 f"PKSampler: a batch of {batch_size} = {self.num_identities_per_batch} identities x {num_instances} "
@@ -72,19 +80,24 @@ class PKSampler(Sampler):
 
     @property
     def batches_per_round(self) -> int:
-        """Batches of one round, over all processes (a multiple of world_size)."""
-        batches = math.ceil(len(self.identity_indices) / self.num_identities_per_batch)
-        return math.ceil(batches / self.world_size) * self.world_size
+        """Batches (optimiser steps) of one round."""
+        return math.ceil(len(self.identity_indices) / self.num_identities_per_batch)
 
     def __len__(self) -> int:
         """Indices this process yields per epoch."""
-        return self.rounds * self.batches_per_round // self.world_size * self.batch_size
+        return self.rounds * self.batches_per_round * self.share
+
+    def global_position(self, position: int) -> int:
+        """Where this process's `position`-th index of the epoch stands in the epoch's batches
+        laid end to end (the same for every number of processes)."""
+        batch, offset = divmod(position, self.share)
+        return batch * self.batch_size + self.rank * self.share + offset
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def epoch_batches(self) -> list:
-        """All batches of the current epoch, for every process: arrays of batch_size indices."""
+        """All batches of the current epoch: arrays of batch_size indices (all processes' shares)."""
         rng = np.random.default_rng([self.seed, self.epoch])
         num_identities, per_batch = len(self.identity_indices), self.num_identities_per_batch
         cycles = [_ShuffledCycle(indices) for indices in self.identity_indices]
@@ -95,15 +108,14 @@ class PKSampler(Sampler):
             if len(groups[-1]) < per_batch:  # complete the last batch with other identities
                 others = np.setdiff1d(order, groups[-1])
                 groups[-1] = np.concatenate([groups[-1], rng.choice(others, per_batch - len(groups[-1]), replace=False)])
-            while len(groups) % self.world_size:
-                groups.append(rng.choice(num_identities, per_batch, replace=False))
             for group in groups:
                 batches.append(np.concatenate([cycles[identity].take(self.num_instances, rng) for identity in group]))
         return batches
 
     def __iter__(self):
-        for batch in self.epoch_batches()[self.rank :: self.world_size]:
-            yield from batch.tolist()
+        start = self.rank * self.share
+        for batch in self.epoch_batches():
+            yield from batch[start : start + self.share].tolist()
 
     def state_dict(self) -> dict:
         return {
@@ -112,13 +124,12 @@ class PKSampler(Sampler):
             "num_instances": self.num_instances,
             "batch_size": self.batch_size,
             "rounds": self.rounds,
-            "world_size": self.world_size,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at state's epoch; the batch shape and world size must be the saved ones,
-        since the batches depend on them."""
-        for key in ("num_instances", "batch_size", "rounds", "world_size"):
+        """Resume at state's epoch; the batch shape must be the saved one, since the batches
+        depend on it (the number of processes may change: it only splits them)."""
+        for key in ("num_instances", "batch_size", "rounds"):
             if state[key] != getattr(self, key):
                 raise ValueError(f"PKSampler.load_state_dict: saved {key}={state[key]}, this sampler has {getattr(self, key)}")
         self.seed = state["seed"]

@@ -1,14 +1,17 @@
-"""Checkpoints: atomic writes, weights-only loading, and the random-number state that makes
-a resumed run repeat an uninterrupted one.
+"""Checkpoints: atomic writes, checked loading, and the random-number state that makes a
+resumed run repeat an uninterrupted one.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it loads
-with ``torch.load(weights_only=True)`` (no arbitrary code runs when opening a file).
+with ``torch.load(weights_only=True)`` (no arbitrary code runs when opening a file). The
+file is a zip archive whose records carry CRC-32 checksums; they are checked before
+loading, since torch.load itself reads a damaged record without complaint.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +19,31 @@ import numpy as np
 import torch
 
 FORMAT_VERSION = 1
+# What a checkpoint_last.pt holds beyond the model (a model_best.pt lacks these).
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "epoch", "step_in_epoch", "global_step", "sampler", "rng")
+# Settings a resumed run may change: where files are, how fast, how often and how long it
+# runs, and how it is evaluated. Every other setting shapes the training steps, so a
+# checkpoint that differs in one belongs to another run.
+MAY_CHANGE_ON_RESUME = frozenset(
+    {
+        "output_dir", "eval",
+        "data.root", "data.num_workers", "data.test_batch_size",
+        "model.pretrained", "model.pool_backend",
+        "train.epochs", "train.device", "train.cpu_threads", "train.compile", "train.channels_last",
+        "train.eval_every", "train.checkpoint_every", "train.log_every", "train.progress", "train.best_metric",
+    }
+)  # fmt: skip
+
+
+class CheckpointError(ValueError):
+    """A file that cannot serve as asked: not a pan_model checkpoint, damaged or cut short,
+    of a newer format, or a checkpoint of another run."""
 
 
 def save_checkpoint(state: dict, path: "str | Path") -> Path:
     """Write `state` to `path` atomically: into a temporary file in the same folder, flushed
     to disk, then renamed over `path`. A crash or kill mid-write leaves the previous file
-    intact (and at worst a stray ``.tmp`` file next to it)."""
+    intact, and at worst a stray temporary file, which the next save of `path` removes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -35,7 +57,28 @@ def save_checkpoint(state: dict, path: "str | Path") -> Path:
         temporary.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+    _remove_stray_temporaries(path)
     return path
+
+
+def _remove_stray_temporaries(path: Path) -> None:
+    """Temporaries of `path` left by writers that were killed mid-write (their process is gone)."""
+    for stray in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = stray.name[len(path.name) + 2 : -len(".tmp")]
+        if pid.isdigit() and not _process_exists(int(pid)):
+            stray.unlink(missing_ok=True)
+
+
+def _process_exists(pid: int) -> bool:
+    if os.name != "posix":  # no harmless probe: keep the file
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -59,15 +102,69 @@ def load_checkpoint(path: "str | Path", map_location: "str | torch.device" = "cp
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    _check_archive(path)
     state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     if not isinstance(state, dict) or "format_version" not in state:
-        raise ValueError(f"{path} is not a pan_model checkpoint (no format_version)")
+        raise CheckpointError(f"{path} is not a pan_model checkpoint (no format_version)")
     if state["format_version"] > FORMAT_VERSION:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} has checkpoint format {state['format_version']}, newer than this "
             f"pan_model understands ({FORMAT_VERSION}); upgrade pan_model"
         )
     return state
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a file that is cut short or damaged (every record against its CRC-32)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise CheckpointError(
+            f"{path} is not a complete checkpoint ({error}): it was cut short or damaged, e.g. by a copy "
+            f"that did not finish (pan_model writes its checkpoints atomically, so never leaves one so)"
+        ) from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: its record {damaged} does not match its checksum")
+
+
+def check_resumable(state: dict, config, num_classes: int, path: "str | Path") -> None:
+    """Raise CheckpointError, naming every difference, unless `state` is a training
+    checkpoint of the run that `config` describes, on a dataset of `num_classes`
+    training identities."""
+    from ..config import config_from_dict
+
+    missing = [key for key in TRAINING_STATE if key not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it holds no training state ({', '.join(missing)} missing); "
+            f"a model_best.pt keeps weights only, resume from the run's checkpoint_last.pt"
+        )
+    saved, current = _flat(config_from_dict(state["config"]).to_dict()), _flat(config.to_dict())
+    differences = [
+        f"{key}: {saved[key]!r} in the checkpoint, {value!r} now"
+        for key, value in current.items()
+        if saved[key] != value and not {key, key.split(".")[0]} & MAY_CHANGE_ON_RESUME
+    ]
+    if state["num_classes"] != num_classes:
+        differences.append(f"training identities: {state['num_classes']} in the checkpoint, {num_classes} in the dataset")
+    if differences:
+        raise CheckpointError(
+            f"cannot resume from {path}: it is a checkpoint of another run; " + "; ".join(differences)
+            + ". Resume with the checkpoint's own settings (pan-reid train --resume CHECKPOINT, without a config), "
+            "or train the new settings into another output_dir"
+        )
+
+
+def _flat(tree: dict) -> dict:
+    """{"section.key": value} of a config dict (section-level values, such as output_dir, as they are)."""
+    flat = {}
+    for section, values in tree.items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
 
 
 def capture_rng_state() -> dict:

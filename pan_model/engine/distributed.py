@@ -37,7 +37,17 @@ def init_distributed(device: torch.device) -> DistributedContext:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
+        attempt = restart_count()
+        if attempt == 0:
+            dist.init_process_group(backend=backend)
+        else:
+            # torchrun's agent keeps one store for every attempt of a launch, so the addresses
+            # that the killed attempt's processes published are still in it; a restarted process
+            # that reads its peer's stale address before the peer rewrites it connects to a dead
+            # port and fails. Each attempt's keys get a prefix of their own.
+            store, rank, size = next(dist.rendezvous("env://"))
+            store = dist.PrefixStore(f"pan_model/attempt_{attempt}", store)
+            dist.init_process_group(backend=backend, store=store, rank=rank, world_size=size)
     return context
 
 
@@ -62,6 +72,21 @@ def any_rank_true(flags: Sequence[bool], device: torch.device) -> list[bool]:
     values = torch.tensor([1 if flag else 0 for flag in flags], device=device)
     dist.all_reduce(values, op=dist.ReduceOp.MAX)
     return [bool(value) for value in values.tolist()]
+
+
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over all processes (`values` itself without a
+    process group)."""
+    if dist.is_initialized():
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def restart_count() -> int:
+    """How many times torchrun has restarted this launch's processes after a failure
+    (--max-restarts); 0 for a first attempt and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
 
 def destroy() -> None:

@@ -1,10 +1,14 @@
 """Data loaders of a training run, built so that a run can be resumed exactly.
 
 Every random augmentation of a training image draws from generators seeded by
-(run seed, rank, epoch, position in the epoch), not from whatever state a worker process
-happens to be in. The images of step k are then a pure function of the run's seed, so a
-resumed run, a run with a different number of workers and an uninterrupted run all see
-the same pixels, and resuming mid-epoch only needs the epoch and the step.
+(run seed, epoch, position in the epoch's global batches), not from whatever state a worker
+process happens to be in. The images of step k are then a pure function of the run's seed,
+so a resumed run, a run with a different number of loader workers or of processes and an
+uninterrupted run all see the same pixels, and resuming mid-epoch only needs the epoch and
+the step.
+
+``data.batch_size`` is the global batch (one optimiser step, all processes together); each
+of the world_size processes trains on its share, whole identities (see per_process_batch).
 """
 
 from __future__ import annotations
@@ -19,18 +23,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import Config
+from ..config import Config, ConfigError
 from .distributed import DistributedContext
 
 
 class EpochSampler(Sampler):
-    """Wraps an index sampler with ``set_epoch``; yields (index, sample_seed) pairs of one
-    epoch, starting at position `start` (the samples consumed before a resume)."""
+    """Wraps a PKSampler with ``set_epoch``; yields (index, sample_seed) pairs of this
+    process's share of one epoch, starting at position `start` of that share (the samples
+    consumed before a resume)."""
 
-    def __init__(self, sampler, seed: int, rank: int = 0):
+    def __init__(self, sampler, seed: int):
         self.sampler = sampler
         self.seed = seed
-        self.rank = rank
         self.epoch = 0
         self.start = 0
 
@@ -45,7 +49,10 @@ class EpochSampler(Sampler):
     def __iter__(self):
         for position, index in enumerate(self.sampler):
             if position >= self.start:
-                yield int(index), sample_seed(self.seed, self.rank, self.epoch, position)
+                # (the 0 held the rank when each process drew its own batches; it stays so that
+                # single-process runs keep the pixels they always had)
+                seed = sample_seed(self.seed, 0, self.epoch, self.sampler.global_position(position))
+                yield int(index), seed
 
     def state_dict(self) -> dict:
         state = {"seed": self.seed, "epoch": self.epoch}
@@ -113,7 +120,7 @@ class RunData:
     epoch_sampler: EpochSampler
     query_loader: DataLoader
     gallery_loader: DataLoader
-    batch_size: int  # per process
+    batch_size: int  # per process: this process's share of data.batch_size
 
     @property
     def num_classes(self) -> int:
@@ -156,18 +163,28 @@ def build_test_loader(config: Config, items, pin_memory: bool = False) -> DataLo
     )
 
 
+def per_process_batch(config: Config, world_size: int) -> int:
+    """Images each of `world_size` processes trains on per step. data.batch_size is P
+    identities x data.num_instances images; every process gets P / world_size whole
+    identities, at least two, since the batch-hard triplet loss looks for each anchor's
+    negative among its own process's images."""
+    batch_size, instances = config.data.batch_size, config.data.num_instances
+    identities, remainder = divmod(batch_size, instances)
+    if remainder or identities % world_size or identities < 2 * world_size:
+        raise ConfigError(
+            f"data.batch_size={batch_size} with data.num_instances={instances} cannot be split over "
+            f"{world_size} process{'es' if world_size > 1 else ''}: each needs whole identities, at least 2 "
+            f"(the triplet loss needs a negative), so data.batch_size must be a multiple of "
+            f"{instances * world_size} (num_instances x processes) and at least {2 * instances * world_size}"
+        )
+    return batch_size // world_size
+
+
 def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
     from .. import data
 
     cfg = config.data
-    if cfg.batch_size % context.world_size:
-        raise ValueError(f"data.batch_size={cfg.batch_size} must be divisible by the {context.world_size} processes")
-    batch_size = cfg.batch_size // context.world_size
-    if batch_size % cfg.num_instances:
-        raise ValueError(
-            f"the per-process batch ({batch_size} = data.batch_size / processes) must be a multiple "
-            f"of data.num_instances={cfg.num_instances}"
-        )
+    batch_size = per_process_batch(config, context.world_size)
     dataset = prepare_dataset(config)
     train_set = data.ImageDataset(
         dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment)
@@ -175,12 +192,12 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
     identity_sampler = data.PKSampler(
         dataset.train,
         cfg.num_instances,
-        batch_size,
+        cfg.batch_size,
         seed=config.train.seed,
         rank=context.rank,
         world_size=context.world_size,
     )
-    epoch_sampler = EpochSampler(identity_sampler, config.train.seed, context.rank)
+    epoch_sampler = EpochSampler(identity_sampler, config.train.seed)
 
     train_loader = DataLoader(
         SeededDataset(train_set),

@@ -44,12 +44,14 @@ class RunLog:
 
 
 def read_log(path: "str | Path") -> list[dict]:
-    """The records of a log.jsonl file (or of the log.jsonl inside a run folder)."""
+    """The records of a log.jsonl file (or of the log.jsonl inside a run folder). A last
+    line without its newline is left out: a record being written, or one cut short by a
+    crash (a resumed run's truncate_after then rewrites the file without it)."""
     path = Path(path)
     if path.is_dir():
         path = path / LOG_NAME
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        return [json.loads(line) for line in handle if line.endswith("\n") and line.strip()]
 
 
 def _tensorboard_writer(folder: Path):

@@ -1,6 +1,9 @@
 """The training loop: PK batches -> model -> ReIDLoss -> optimiser step, with evaluation,
 best-model keeping, checkpoints that resume exactly, a NaN/Inf guard and clean stops on
-Ctrl-C / SIGTERM. Runs as one process or as one of several under torchrun (DDP).
+Ctrl-C / SIGTERM. Runs as one process or as one of several under torchrun (DDP): every
+process trains on its share of each global batch of data.batch_size images, the logged
+losses are the mean over the processes, and the main process alone evaluates and writes
+files. A torchrun restart after a failure (--max-restarts) resumes from checkpoint_last.pt.
 
 Files written into ``config.output_dir`` (by the main process):
   config.yaml          the resolved configuration
@@ -13,9 +16,11 @@ Files written into ``config.output_dir`` (by the main process):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -29,13 +34,14 @@ from ..config import Config
 from ..losses import ReIDLoss
 from ..models import unwrap_model
 from . import distributed
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import capture_rng_state, check_resumable, load_checkpoint, restore_rng_state, save_checkpoint
 from .distributed import DistributedContext
 from .loaders import RunData, build_run_data
 from .optim import WarmupMultiStepLR, build_optimizer
 from .run_log import RunLog
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
+AUTO_RESUME = "auto"  # train(resume=...): the run's checkpoint_last.pt if there is one, else a fresh start
 BEST_NAME = "model_best.pt"
 METRICS_NAME = "metrics.json"
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,6 +96,42 @@ class _StopOnSignals:
     def __exit__(self, *_exc):
         for number, handler in self.previous.items():
             signal.signal(number, handler)
+
+
+class _Progress:
+    """The running epoch's progress, when train.progress is on: a live bar where stderr is a
+    terminal; elsewhere (CI, nohup, a file) one line every train.log_every steps, since a
+    bar's carriage-return updates would fill the log."""
+
+    def __init__(self, enabled: bool, title: str, steps: int, done: int, later_steps: int):
+        self.title, self.steps, self.later_steps = title, steps, later_steps
+        self.lines = enabled and not sys.stderr.isatty()
+        self.bar = None
+        if enabled and not self.lines:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=steps, initial=done, desc=title, dynamic_ncols=True, leave=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def update(self, done: int, loss: float, lr: float, images_per_s: float, steps_per_s: float, due: bool) -> None:
+        """After the epoch's step `done`; `due`: a line is due at this step."""
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", img_s=f"{images_per_s:.0f}")
+            self.bar.update()
+        elif self.lines and due:
+            # the run's training steps left at this epoch's pace (evaluations not counted)
+            eta = datetime.timedelta(seconds=round((self.steps - done + self.later_steps) / steps_per_s))
+            print(
+                f"{self.title}  step {done}/{self.steps}  {steps_per_s:.2f} steps/s  loss {loss:.4f}  "
+                f"lr {lr:.2e}  ETA {eta}",
+                flush=True,
+            )
 
 
 class Trainer:
@@ -189,13 +231,20 @@ class Trainer:
             save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def resume(self, path: "str | Path") -> None:
-        """Continue from a checkpoint_last.pt: the following steps repeat those of the
-        uninterrupted run (exactly on CPU; on GPUs up to non-deterministic kernels)."""
+        """Continue from a checkpoint_last.pt of this run (checkpoint.check_resumable): the
+        following steps repeat those of the uninterrupted run (exactly on CPU; on GPUs up to
+        non-deterministic kernels). AUTO_RESUME: from the output folder's checkpoint_last.pt
+        if there is one; otherwise the run starts from the beginning."""
+        if path == AUTO_RESUME:
+            path = self.checkpoint_path
+            found, missing = distributed.any_rank_true([path.is_file(), not path.is_file()], self.device)
+            if found and missing:
+                raise RuntimeError(f"{path} exists for some processes only: output_dir must be storage they all share")
+            if not found:
+                self._print(f"no {CHECKPOINT_NAME} in {self.output_dir} yet: starting from the beginning")
+                return
         state = load_checkpoint(path, map_location=self.device)
-        if state["num_classes"] != self.data.num_classes:
-            raise ValueError(
-                f"resume: {path} was trained on {state['num_classes']} identities, this dataset has {self.data.num_classes}"
-            )
+        check_resumable(state, self.config, self.data.num_classes, path)
         self.load_state_dict(state)
         self.log.truncate_after(self.global_step)
         self._print(
@@ -251,21 +300,19 @@ class Trainer:
 
     def _train_epoch(self) -> bool:
         """Run the rest of the current epoch; False when stopped before its end."""
-        from tqdm import tqdm
-
+        train = self.config.train
         self.data.epoch_sampler.set_epoch(self.epoch, start=self.step_in_epoch * self.data.batch_size)
         steps = self._steps_in_epoch()
         lr = self.optimizer.param_groups[0]["lr"]
         self.train_model.train()
-        progress = tqdm(
-            total=steps,
-            initial=self.step_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{self.config.train.epochs}",
-            disable=not (self.context.is_main and self.config.train.progress),
-            dynamic_ncols=True,
-            leave=False,
+        progress = _Progress(
+            self.context.is_main and train.progress,
+            f"epoch {self.epoch + 1}/{train.epochs}",
+            steps,
+            self.step_in_epoch,
+            later_steps=(train.epochs - self.epoch - 1) * steps,
         )
-        started, images_seen = time.perf_counter(), 0
+        started, first_step, images_seen = time.perf_counter(), self.step_in_epoch, 0
         with progress:
             for images, pids, *_ in self.data.train_loader:
                 if self.step_in_epoch >= steps:
@@ -276,10 +323,13 @@ class Trainer:
                 images_seen += images.shape[0] * self.context.world_size
                 for name, value in components.items():
                     self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + value
-                throughput = images_seen / (time.perf_counter() - started)
-                progress.set_postfix(loss=f"{components['total']:.3f}", lr=f"{lr:.2e}", img_s=f"{throughput:.0f}")
-                progress.update()
-                if self.global_step % self.config.train.log_every == 0:
+                elapsed = time.perf_counter() - started
+                throughput = images_seen / elapsed
+                due = self.global_step % train.log_every == 0
+                progress.update(
+                    self.step_in_epoch, components["total"], lr, throughput, (self.step_in_epoch - first_step) / elapsed, due
+                )
+                if due:
                     self.log.write(self._record("step", self.epoch + 1, lr=lr, **components))
                 if stop and self.step_in_epoch < steps:
                     return False  # (at an epoch's end, fit() checks again after the epoch's work)
@@ -294,19 +344,21 @@ class Trainer:
         return True
 
     def _train_step(self, images: torch.Tensor, pids: torch.Tensor) -> tuple[dict, bool]:
-        """One optimiser step; returns the loss components and whether any process was asked
-        to stop. All components come to the host in one transfer (not one .item() each), and
-        under DDP "some loss is not finite" and "stop" are agreed in one all_reduce."""
+        """One optimiser step; returns the loss components, their mean over the processes
+        (each process's loss over its share: the loss whose mean gradient DDP applies), and
+        whether any process was asked to stop. Components and the stop flag come to the host
+        in one transfer and, under DDP, one all_reduce; a non-finite loss in any process makes
+        the mean non-finite."""
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         pids = pids.to(self.device, non_blocking=True)
         with self._autocast():
             outputs = self.train_model(images)
         loss, components = self.loss_fn(outputs, pids)
-        values = dict(zip(components, torch.stack([value.float() for value in components.values()]).tolist()))
-        non_finite, stop = distributed.any_rank_true(
-            [not math.isfinite(values["total"]), self.stop_reason is not None], self.device
-        )
-        if non_finite:
+        stop_flag = torch.tensor(float(self.stop_reason is not None), device=self.device)
+        sums = distributed.sum_over_ranks(torch.stack([*(v.float() for v in components.values()), stop_flag])).tolist()
+        stop = sums.pop() > 0
+        values = {name: total / self.context.world_size for name, total in zip(components, sums)}
+        if not math.isfinite(values["total"]):
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {self.epoch + 1}, step {self.step_in_epoch + 1} "
                 f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); training stopped. "
@@ -381,7 +433,11 @@ class Trainer:
 
 def train(config: Config, resume: "str | Path | None" = None) -> dict:
     """Build everything a run needs from `config` and train it (any process of a torchrun
-    launch may call this); returns Trainer.fit()'s summary."""
+    launch may call this); returns Trainer.fit()'s summary.
+
+    resume: a checkpoint_last.pt to continue from; AUTO_RESUME ("auto"): the output folder's
+    checkpoint_last.pt if there is one, else a fresh start. In a process that torchrun
+    restarted after a failure (--max-restarts), None means "auto"."""
     device = distributed.process_device(select_device(config.train.device))
     threads = torch.get_num_threads()
     if device.type == "cpu" and config.train.cpu_threads:
@@ -397,11 +453,13 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
         if context.is_main:
             print(f"backbone {config.model.backbone}: {f'weights from {weights}' if weights else 'random initialisation'}", flush=True)
         trainer = Trainer(config, model, data, device, context)
+        if resume is None and distributed.restart_count() > 0:
+            resume = AUTO_RESUME
+        if resume is not None:
+            trainer.resume(resume)  # before config.yaml: a refused checkpoint leaves the folder as it was
         if context.is_main:
             trainer.output_dir.mkdir(parents=True, exist_ok=True)
             (trainer.output_dir / "config.yaml").write_text(config.to_yaml())
-        if resume is not None:
-            trainer.resume(resume)
         return trainer.fit()
     finally:
         distributed.destroy()
