@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.pan-installed
 STACK  := torch==2.14.1 torchvision==0.29.1 triton==3.8.0
-SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
+SOURCES := $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh) setup.py pyproject.toml
 PYTEST_ARGS ?=
 # The in-place build runs on this machine only, so its CPU kernel is compiled for this CPU
 # (about 2.5x faster than portable, benchmarks/RESULTS.md); `make PAN_OPS_MARCH=` builds it portable, as

@@ -20,12 +20,17 @@
 // Work is split into (sample, channel tile) tasks with tiles of a fixed size, handed out
 // one at a time to whichever thread is free; every sum runs in a fixed order, so results
 // are bitwise identical for any thread count and any scheduling.
+//
+// This file is compiled once per instruction-set level (weighted_pool_cpu.h): everything it
+// defines lives in the namespace PAN_OPS_CPU_LEVEL names, and the vector width follows the
+// flags of that compilation. It registers nothing and checks no input: cpu_dispatch.cpp does.
+#include "cpu/weighted_pool_cpu.h"
+
 #include "weighted_pool.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -39,7 +44,11 @@
 #include <type_traits>
 #include <vector>
 
-namespace pan_ops {
+#if !defined(PAN_OPS_CPU_LEVEL)
+#error "compile with -DPAN_OPS_CPU_LEVEL=<namespace of the level> (setup.py, CMakeLists.txt)"
+#endif
+
+namespace pan_ops::PAN_OPS_CPU_LEVEL {
 namespace {
 
 // Channels per parallel task. Fixed, so the reduction order never depends on threads.
@@ -54,7 +63,7 @@ constexpr int64_t kChannelStep = 32;
 // pin the accumulators to registers; plain loops over a local array were 40x slower
 // (the array stayed in memory), and at::vec::Vectorized compiles to its scalar
 // fallback in an extension, which does not define CPU_CAPABILITY.
-// The vector width follows the instruction set the build targets (PAN_OPS_MARCH, setup.py):
+// The vector width follows the instruction set of the level being compiled (weighted_pool_cpu.h):
 // a vector type wider than the registers is split and kept on the stack, which made the
 // portable (SSE2) build 20x slower with 32-byte vectors (benchmarks/RESULTS.md).
 #if defined(__AVX512F__)
@@ -372,10 +381,7 @@ at::Tensor with_flat_space(const at::Tensor& features) {
   return flat_spatial_stride(features) ? features : features.contiguous();
 }
 
-at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps,
-                             c10::string_view backend) {
-  check_forward_inputs(features_in, masks, eps);
-  check_backend(backend, c10::DeviceType::CPU, features_in);
+at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps) {
   at::Tensor out = at::empty(output_shape(features_in, masks), features_in.options());
   if (out.numel() == 0) return out;
   const at::Tensor features = with_flat_space(features_in);
@@ -637,10 +643,7 @@ class BackwardStages {
 };
 
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& features_in,
-                                                              const at::Tensor& masks, double eps,
-                                                              c10::string_view backend) {
-  check_backward_inputs(grad, features_in, masks, eps);
-  check_backend(backend, c10::DeviceType::CPU, features_in);
+                                                              const at::Tensor& masks, double eps) {
   at::Tensor grad_features = at::empty_like(features_in);
   at::Tensor grad_masks = at::empty_like(masks);
   // With no channels or no parts every gradient that exists is zero.
@@ -663,9 +666,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pan_ops, CPU, m) {
-  m.impl("weighted_pool", &weighted_pool_cpu);
-  m.impl("_weighted_pool_backward", &weighted_pool_backward_cpu);
-}
+// Function addresses only: constant-initialised, so that loading the library runs no code of this level.
+const cpu::Kernels kernels{&weighted_pool_cpu, &weighted_pool_backward_cpu};
 
-}  // namespace pan_ops
+}  // namespace pan_ops::PAN_OPS_CPU_LEVEL
