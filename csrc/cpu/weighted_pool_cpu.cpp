@@ -192,17 +192,27 @@ struct SumLine {
 
   acc_t operator[](int64_t j) const { return vectors[j / kLanes][j % kLanes]; }
 
+  // The whole line from or to memory of any alignment, one copy per vector. A single copy of
+  // the line is split into the target's widest plain moves, 16 bytes for AVX2 under GCC's
+  // generic tuning, and goes through the stack: 32-byte loads of 16-byte stores, a
+  // store-forwarding stall in every step of the product (the AVX2 level ran 4x slower than
+  // the AVX-512 one, benchmarks/RESULTS.md).
+  void load(const acc_t* src) {
+    for (int v = 0; v < kVectors; ++v) std::memcpy(&vectors[v], src + v * kLanes, sizeof(vec_t));
+  }
+  void copy_to(acc_t* dst) const {
+    for (int v = 0; v < kVectors; ++v) std::memcpy(dst + v * kLanes, &vectors[v], sizeof(vec_t));
+  }
+
   void divide(acc_t divisor) {
     for (int v = 0; v < kVectors; ++v) vectors[v] /= divisor;
   }
 
   // Divides element-wise by a whole line of divisors.
   void divide(const acc_t* divisors) {
-    for (int v = 0; v < kVectors; ++v) {
-      vec_t divisor;
-      std::memcpy(&divisor, divisors + v * kLanes, sizeof(divisor));
-      vectors[v] /= divisor;
-    }
+    SumLine divisor;
+    divisor.load(divisors);
+    for (int v = 0; v < kVectors; ++v) vectors[v] /= divisor.vectors[v];
   }
 
   // dst[j] = line[j] (converted) for j < count; whole lines with vector instructions.
@@ -211,10 +221,10 @@ struct SumLine {
     if (count != kBlockCols<acc_t>) {
       for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<out_t>((*this)[j]);
     } else if constexpr (std::is_same_v<out_t, acc_t>) {
-      std::memcpy(dst, vectors, sizeof(vectors));
+      copy_to(dst);
     } else {
       acc_t values[kBlockCols<acc_t>];
-      std::memcpy(values, vectors, sizeof(vectors));
+      copy_to(values);
       for (int64_t j = 0; j < kBlockCols<acc_t>; ++j) dst[j] = static_cast<out_t>(values[j]);
     }
   }
@@ -233,12 +243,10 @@ struct SumLine {
 
   // dst[j] += line[j] over the whole line.
   void add_to(acc_t* dst) const {
-    for (int v = 0; v < kVectors; ++v) {
-      vec_t sum;
-      std::memcpy(&sum, dst + v * kLanes, sizeof(sum));
-      sum += vectors[v];
-      std::memcpy(dst + v * kLanes, &sum, sizeof(sum));
-    }
+    SumLine sum;
+    sum.load(dst);
+    for (int v = 0; v < kVectors; ++v) sum.vectors[v] += vectors[v];
+    sum.copy_to(dst);
   }
 };
 
@@ -278,18 +286,18 @@ inline void micro_kernel(const a_t* a, int64_t a_row_stride, int64_t a_depth_str
 #pragma GCC unroll 4  // amortises the loop bookkeeping (about 20% faster)
     for (int64_t k = k_line; k < k_end; ++k) {
       if constexpr (kPrefetch == Prefetch::kFarB) __builtin_prefetch(b + (k + kPrefetchSteps) * b_depth_stride);
-      typename Line::vec_t b_line[Line::kVectors];
+      Line b_line;
       if constexpr (std::is_same_v<b_t, acc_t>) {
-        std::memcpy(b_line, b + k * b_depth_stride, sizeof(b_line));
+        b_line.load(b + k * b_depth_stride);
       } else {
         acc_t widened[kBlockCols<acc_t>];
         for (int64_t j = 0; j < kBlockCols<acc_t>; ++j) widened[j] = static_cast<acc_t>(b[k * b_depth_stride + j]);
-        std::memcpy(b_line, widened, sizeof(b_line));
+        b_line.load(widened);
       }
       const a_t* a_column = a + k * a_depth_stride;
       for (int r = 0; r < kRows; ++r) {
         const acc_t a_value = static_cast<acc_t>(a_column[r * a_row_stride]);
-        for (int v = 0; v < Line::kVectors; ++v) acc[r].vectors[v] += a_value * b_line[v];
+        for (int v = 0; v < Line::kVectors; ++v) acc[r].vectors[v] += a_value * b_line.vectors[v];
       }
     }
   }
