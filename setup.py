@@ -102,7 +102,7 @@ def extensions():
             extra_compile_args=extra,
             extra_link_args=["-fopenmp"],
             define_macros=define_macros,
-            # The level objects are not sources: a change to them must still relink.
+            # The CPU kernel is not among the sources: a change to it, or to a header, must still relink.
             depends=[CPU_KERNEL, *sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True))],
         )
     ]
