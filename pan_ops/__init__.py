@@ -6,8 +6,16 @@ autocast and a FLOP formula. Contract and design: docs/DESIGN.md §2-§4.
 """
 
 from . import _library, reference
-from .functional import BACKENDS, WeightedPool, available_backends, weighted_pool
+from .functional import BACKENDS, WeightedPool, available_backends, cpu_capability, weighted_pool
 from .modules import MaskedWeightedPool
 
-__all__ = ["weighted_pool", "available_backends", "WeightedPool", "MaskedWeightedPool", "reference", "BACKENDS"]
+__all__ = [
+    "weighted_pool",
+    "available_backends",
+    "cpu_capability",
+    "WeightedPool",
+    "MaskedWeightedPool",
+    "reference",
+    "BACKENDS",
+]
 __version__ = "0.1.0"

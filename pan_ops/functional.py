@@ -22,6 +22,18 @@ def available_backends(device: "str | torch.device | None" = None) -> list:
     return list(dict.fromkeys(names))
 
 
+def cpu_capability() -> "str | None":
+    """The instruction-set level the C++ CPU kernel runs at in this process (docs/DESIGN.md §4):
+    "default" (the architecture's baseline: SSE2 on x86-64), "avx2" or "avx512". It is chosen
+    once, as torch chooses its own CPU kernels: the best level this build compiled that
+    torch.backends.cpu.get_cpu_capability() allows, so ATEN_CPU_CAPABILITY=default|avx2|avx512,
+    set before the process starts, forces both. A PAN_OPS_MARCH build has one level,
+    "march=<its value>". None without the compiled CPU kernel."""
+    if not _library.has_kernel("CPU"):
+        return None
+    return torch.ops.pan_ops._cpu_capability()
+
+
 def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
     """Mask-weighted average pooling of `features` [B,C,H,W] by `masks` [B,P,H,W] -> [B,P,C]
     (contract: docs/DESIGN.md §2). Differentiable in both inputs.

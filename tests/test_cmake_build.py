@@ -3,6 +3,7 @@ call the op through torch.ops.load_library in a fresh interpreter (this process 
 already hold the library built by setup.py, and an op namespace can be defined once)."""
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tools import cpu_isa
 
 ROOT = Path(__file__).resolve().parents[1]
 # torch 2.14's CMake config uses the CUDA20 dialect, which cmake 3.25 rejects.
@@ -44,7 +47,9 @@ def cmake_library(tmp_path_factory):
         pytest.skip("needs cmake >= 3.27 (pip install 'cmake>=3.27'); older ones cannot read torch's CMake config")
     build = tmp_path_factory.mktemp("cmake-build")
     run([cmake, "-S", ROOT, "-B", build, "-DCMAKE_BUILD_TYPE=Release", f"-DPython3_EXECUTABLE={sys.executable}"])
-    run([cmake, "--build", build, "--parallel", str(max(2, min(4, os.cpu_count() or 1)))])
+    # MAX_JOBS as for setup.py's builds (tests/test_wheel.py), on a machine shared with other work.
+    jobs = os.environ.get("MAX_JOBS", str(max(2, min(4, os.cpu_count() or 1))))
+    run([cmake, "--build", build, "--parallel", jobs])
     libraries = sorted(build.glob("libpan_ops.*"))
     assert libraries, f"no libpan_ops in {build}: {sorted(p.name for p in build.iterdir())}"
     return libraries[0]
@@ -76,11 +81,20 @@ for batch, channels, height, width, parts in [(2, 37, 5, 7, 3), (3, 130, 4, 3, 1
         torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-12)
         for got, want in zip(grads, expected_grads):
             torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
-print("cmake library ok")
+print("cmake library ok", torch.ops.pan_ops._cpu_capability(), torch.backends.cpu.get_cpu_capability())
 """
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or shutil.which("objdump") is None, reason="x86-64 and objdump")
+def test_cmake_library_levels_hold_their_instructions(cmake_library):
+    """As for the wheel (tests/test_wheel.py): only the avx2 and avx512 levels hold AVX code."""
+    assert not cpu_isa.problems(cpu_isa.functions(cmake_library))[:5]
 
 
 def test_cmake_library_runs_the_op(cmake_library):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = run([sys.executable, "-c", CHECK_OP, str(cmake_library)], env=env, cwd=cmake_library.parent, timeout=300)
     assert "cmake library ok" in done.stdout
+    # The CPU kernel runs at the level torch's CPU capability picks (tests/test_cpu_dispatch.py).
+    level, torch_capability = done.stdout.split()[-2:]
+    assert level == cpu_isa.level_of_capability(torch_capability)

@@ -20,12 +20,17 @@
 // Work is split into (sample, channel tile) tasks with tiles of a fixed size, handed out
 // one at a time to whichever thread is free; every sum runs in a fixed order, so results
 // are bitwise identical for any thread count and any scheduling.
+//
+// This file is compiled once per instruction-set level (weighted_pool_cpu.h): everything it
+// defines lives in the namespace PAN_OPS_CPU_LEVEL names, and the vector width follows the
+// flags of that compilation. It registers nothing and checks no input: cpu_dispatch.cpp does.
+#include "cpu/weighted_pool_cpu.h"
+
 #include "weighted_pool.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
-#include <torch/library.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -39,7 +44,11 @@
 #include <type_traits>
 #include <vector>
 
-namespace pan_ops {
+#if !defined(PAN_OPS_CPU_LEVEL)
+#error "compile with -DPAN_OPS_CPU_LEVEL=<namespace of the level> (setup.py, CMakeLists.txt)"
+#endif
+
+namespace pan_ops::PAN_OPS_CPU_LEVEL {
 namespace {
 
 // Channels per parallel task. Fixed, so the reduction order never depends on threads.
@@ -54,7 +63,7 @@ constexpr int64_t kChannelStep = 32;
 // pin the accumulators to registers; plain loops over a local array were 40x slower
 // (the array stayed in memory), and at::vec::Vectorized compiles to its scalar
 // fallback in an extension, which does not define CPU_CAPABILITY.
-// The vector width follows the instruction set the build targets (PAN_OPS_MARCH, setup.py):
+// The vector width follows the instruction set of the level being compiled (weighted_pool_cpu.h):
 // a vector type wider than the registers is split and kept on the stack, which made the
 // portable (SSE2) build 20x slower with 32-byte vectors (benchmarks/RESULTS.md).
 #if defined(__AVX512F__)
@@ -183,17 +192,27 @@ struct SumLine {
 
   acc_t operator[](int64_t j) const { return vectors[j / kLanes][j % kLanes]; }
 
+  // The whole line from or to memory of any alignment, one copy per vector. A single copy of
+  // the line is split into the target's widest plain moves, 16 bytes for AVX2 under GCC's
+  // generic tuning, and goes through the stack: 32-byte loads of 16-byte stores, a
+  // store-forwarding stall in every step of the product (the AVX2 level ran 4x slower than
+  // the AVX-512 one, benchmarks/RESULTS.md).
+  void load(const acc_t* src) {
+    for (int v = 0; v < kVectors; ++v) std::memcpy(&vectors[v], src + v * kLanes, sizeof(vec_t));
+  }
+  void copy_to(acc_t* dst) const {
+    for (int v = 0; v < kVectors; ++v) std::memcpy(dst + v * kLanes, &vectors[v], sizeof(vec_t));
+  }
+
   void divide(acc_t divisor) {
     for (int v = 0; v < kVectors; ++v) vectors[v] /= divisor;
   }
 
   // Divides element-wise by a whole line of divisors.
   void divide(const acc_t* divisors) {
-    for (int v = 0; v < kVectors; ++v) {
-      vec_t divisor;
-      std::memcpy(&divisor, divisors + v * kLanes, sizeof(divisor));
-      vectors[v] /= divisor;
-    }
+    SumLine divisor;
+    divisor.load(divisors);
+    for (int v = 0; v < kVectors; ++v) vectors[v] /= divisor.vectors[v];
   }
 
   // dst[j] = line[j] (converted) for j < count; whole lines with vector instructions.
@@ -202,10 +221,10 @@ struct SumLine {
     if (count != kBlockCols<acc_t>) {
       for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<out_t>((*this)[j]);
     } else if constexpr (std::is_same_v<out_t, acc_t>) {
-      std::memcpy(dst, vectors, sizeof(vectors));
+      copy_to(dst);
     } else {
       acc_t values[kBlockCols<acc_t>];
-      std::memcpy(values, vectors, sizeof(vectors));
+      copy_to(values);
       for (int64_t j = 0; j < kBlockCols<acc_t>; ++j) dst[j] = static_cast<out_t>(values[j]);
     }
   }
@@ -224,12 +243,10 @@ struct SumLine {
 
   // dst[j] += line[j] over the whole line.
   void add_to(acc_t* dst) const {
-    for (int v = 0; v < kVectors; ++v) {
-      vec_t sum;
-      std::memcpy(&sum, dst + v * kLanes, sizeof(sum));
-      sum += vectors[v];
-      std::memcpy(dst + v * kLanes, &sum, sizeof(sum));
-    }
+    SumLine sum;
+    sum.load(dst);
+    for (int v = 0; v < kVectors; ++v) sum.vectors[v] += vectors[v];
+    sum.copy_to(dst);
   }
 };
 
@@ -269,18 +286,18 @@ inline void micro_kernel(const a_t* a, int64_t a_row_stride, int64_t a_depth_str
 #pragma GCC unroll 4  // amortises the loop bookkeeping (about 20% faster)
     for (int64_t k = k_line; k < k_end; ++k) {
       if constexpr (kPrefetch == Prefetch::kFarB) __builtin_prefetch(b + (k + kPrefetchSteps) * b_depth_stride);
-      typename Line::vec_t b_line[Line::kVectors];
+      Line b_line;
       if constexpr (std::is_same_v<b_t, acc_t>) {
-        std::memcpy(b_line, b + k * b_depth_stride, sizeof(b_line));
+        b_line.load(b + k * b_depth_stride);
       } else {
         acc_t widened[kBlockCols<acc_t>];
         for (int64_t j = 0; j < kBlockCols<acc_t>; ++j) widened[j] = static_cast<acc_t>(b[k * b_depth_stride + j]);
-        std::memcpy(b_line, widened, sizeof(b_line));
+        b_line.load(widened);
       }
       const a_t* a_column = a + k * a_depth_stride;
       for (int r = 0; r < kRows; ++r) {
         const acc_t a_value = static_cast<acc_t>(a_column[r * a_row_stride]);
-        for (int v = 0; v < Line::kVectors; ++v) acc[r].vectors[v] += a_value * b_line[v];
+        for (int v = 0; v < Line::kVectors; ++v) acc[r].vectors[v] += a_value * b_line.vectors[v];
       }
     }
   }
@@ -372,10 +389,7 @@ at::Tensor with_flat_space(const at::Tensor& features) {
   return flat_spatial_stride(features) ? features : features.contiguous();
 }
 
-at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps,
-                             c10::string_view backend) {
-  check_forward_inputs(features_in, masks, eps);
-  check_backend(backend, c10::DeviceType::CPU, features_in);
+at::Tensor weighted_pool_cpu(const at::Tensor& features_in, const at::Tensor& masks, double eps) {
   at::Tensor out = at::empty(output_shape(features_in, masks), features_in.options());
   if (out.numel() == 0) return out;
   const at::Tensor features = with_flat_space(features_in);
@@ -637,10 +651,7 @@ class BackwardStages {
 };
 
 std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& grad, const at::Tensor& features_in,
-                                                              const at::Tensor& masks, double eps,
-                                                              c10::string_view backend) {
-  check_backward_inputs(grad, features_in, masks, eps);
-  check_backend(backend, c10::DeviceType::CPU, features_in);
+                                                              const at::Tensor& masks, double eps) {
   at::Tensor grad_features = at::empty_like(features_in);
   at::Tensor grad_masks = at::empty_like(masks);
   // With no channels or no parts every gradient that exists is zero.
@@ -663,9 +674,7 @@ std::tuple<at::Tensor, at::Tensor> weighted_pool_backward_cpu(const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pan_ops, CPU, m) {
-  m.impl("weighted_pool", &weighted_pool_cpu);
-  m.impl("_weighted_pool_backward", &weighted_pool_backward_cpu);
-}
+// Function addresses only: constant-initialised, so that loading the library runs no code of this level.
+const cpu::Kernels kernels{&weighted_pool_cpu, &weighted_pool_backward_cpu};
 
-}  // namespace pan_ops
+}  // namespace pan_ops::PAN_OPS_CPU_LEVEL
