@@ -52,13 +52,14 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds --benchmark-json=$(BENCH_JSON)
 
 # The PAN / PCB / global study on real pedestrians (notes/accuracy_cuhk03.md): CUHK03-NP
-# (detected) prepared in CUHK03_ROOT, two runs at a time; several hours on two CPU cores.
+# (detected) prepared in CUHK03_ROOT, two runs at a time; about four hours on two CPU cores. Run again,
+# it goes on where it stopped.
 CUHK03_ROOT ?= data/cuhk03_np_detected
 STUDY_OUT ?= runs/cuhk03
 STUDY := $(PY) -m experiments.accuracy_study --config cuhk03_cpu --jobs 2 data.root=$(CUHK03_ROOT)
 study-cuhk03: $(STAMP) weights
 	$(STUDY) --output $(STUDY_OUT)/main --models pan pcb global --seeds 0 1
-	$(STUDY) --output $(STUDY_OUT)/variants --models pan_softmax pan_fc_per_part pan_stripes14 pan_pcb_head --seeds 0
+	$(STUDY) --output $(STUDY_OUT)/variants --models pan_softmax pan_stripes14 --seeds 0
 	$(STUDY) --output $(STUDY_OUT)/long --models pan pcb --seeds 0 --schedule-scale 4 --stages 12 24 36
 	$(PY) -m experiments.accuracy_study --tables-from $(STUDY_OUT)/main/runs.json $(STUDY_OUT)/variants/runs.json $(STUDY_OUT)/long/runs.json
 

@@ -37,7 +37,7 @@ import torch
 from pan_model.config import CONFIG_DIR, apply_overrides, load_config
 from pan_model.diagnostics import part_diagnostics
 from pan_model.engine import load_model, train
-from pan_model.engine.checkpoint import load_checkpoint
+from pan_model.engine.checkpoint import check_resumable, load_checkpoint
 from pan_model.engine.loaders import build_test_loader, prepare_dataset
 from pan_model.engine.trainer import CHECKPOINT_NAME, select_device
 from pan_model.evaluation import evaluate_features, extract_features
@@ -179,14 +179,13 @@ def run(
 
 def trained_epochs(checkpoint: Path, config) -> float:
     """Epochs that `checkpoint` has trained `config`'s run for: 0 when it does not exist, whole
-    epochs plus a half when it was written inside an epoch. Refuses a checkpoint of another
-    recipe, which resuming would silently mix in."""
+    epochs plus a half when it was written inside an epoch. A checkpoint of another run is
+    refused (checkpoint.check_resumable, the trainer's own rule), since going on from it would
+    silently mix two recipes in one row."""
     if not checkpoint.is_file():
         return 0
-    saved = load_config(checkpoint.parent / "config.yaml")
-    if apply_overrides(saved, [f"train.epochs={config.train.epochs}"]).to_yaml() != config.to_yaml():
-        raise ValueError(f"{checkpoint.parent} holds a run of another recipe; choose another --output or delete that folder")
     state = load_checkpoint(checkpoint, mmap=True)
+    check_resumable(state, config, state["num_classes"], checkpoint)
     return state["epoch"] + (0.5 if state["step_in_epoch"] else 0)
 
 

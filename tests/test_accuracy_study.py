@@ -100,4 +100,4 @@ def test_study_goes_on_from_what_a_killed_study_left(tmp_path):
     assert runs[0]["occluded"] == record["occluded"] and runs[0]["diagnostics"] == record["diagnostics"]
 
     other = run_study([*args, "loss.triplet_weight=0.5"], tmp_path, timeout=600)
-    assert other.returncode != 0 and "holds a run of another recipe" in other.stderr
+    assert other.returncode != 0 and "loss.triplet_weight: 1.0 in the checkpoint, 0.5 now" in other.stderr
