@@ -122,8 +122,8 @@ def _ranking_positions(block: np.ndarray, local_rows: np.ndarray, cols: np.ndarr
     equal ones sit in an earlier column. local_rows must be sorted.
 
     Counted, not sorted: a query has few gallery images of its own identity, and counting
-    costs two passes over the row per such image where sorting the row costs G log G (five
-    times slower at 100,000 gallery images, benchmarks/RESULTS.md)."""
+    costs two passes over the row per such image where sorting costs G log G per row
+    (benchmarks/RESULTS.md, evaluation at gallery scale)."""
     if np.isnan(block).any():
         raise ValueError("evaluate_rank: distmat contains NaN")
     values = block[local_rows, cols]
