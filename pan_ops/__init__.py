@@ -8,6 +8,7 @@ autocast and a FLOP formula. Contract and design: docs/DESIGN.md §2-§4.
 from . import _library, reference
 from .functional import BACKENDS, WeightedPool, available_backends, cpu_capability, weighted_pool
 from .modules import MaskedWeightedPool
+from .reference import DEFAULT_EPS
 
 __all__ = [
     "weighted_pool",
@@ -17,5 +18,6 @@ __all__ = [
     "MaskedWeightedPool",
     "reference",
     "BACKENDS",
+    "DEFAULT_EPS",
 ]
 __version__ = "0.1.0"

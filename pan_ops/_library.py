@@ -1,7 +1,7 @@
 """How PyTorch knows the op (docs/DESIGN.md §3).
 
 The compiled library pan_ops._C defines the schema of the one public op,
-torch.ops.pan_ops.weighted_pool(features, masks, eps=1e-6, backend="auto"), and of its
+torch.ops.pan_ops.weighted_pool(features, masks, eps=DEFAULT_EPS, backend="auto"), and of its
 private backward, torch.ops.pan_ops._weighted_pool_backward; it registers the C++ CPU and
 CUDA kernels and the autocast rule. This module registers the rest, once each: the fake
 kernels, the autograd formula, the FLOP formulas, and the Triton kernels on their
@@ -13,6 +13,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import triton_kernels
 from ._validation import check_grad, check_inputs
+from .reference import DEFAULT_EPS
 
 
 def _schema_registered() -> bool:
@@ -60,7 +61,7 @@ def pool_flops(features_shape, masks_shape) -> int:
     return 2 * b * masks_shape[1] * c * h * w
 
 
-def _save_for_backward(ctx, features, masks, eps=1e-6, backend="auto"):
+def _save_for_backward(ctx, features, masks, eps=DEFAULT_EPS, backend="auto"):
     ctx.save_for_backward(features, masks)
     ctx.eps, ctx.backend = eps, backend
 
@@ -90,7 +91,7 @@ def _register_fakes() -> None:
     inputs, so that a bad call fails at trace time with the kernels' message."""
 
     @torch.library.register_fake("pan_ops::weighted_pool")
-    def _(features, masks, eps=1e-6, backend="auto"):
+    def _(features, masks, eps=DEFAULT_EPS, backend="auto"):
         check_inputs(features, masks, eps)
         return features.new_empty((features.shape[0], masks.shape[1], features.shape[1]))
 
@@ -142,7 +143,7 @@ def _register_triton() -> None:
         compiled_forward = _compiled_or_missing("weighted_pool", key)
         compiled_backward = _compiled_or_missing("_weighted_pool_backward", key)
 
-        def forward(keyset, features, masks, eps=1e-6, backend="auto", compiled=compiled_forward):
+        def forward(keyset, features, masks, eps=DEFAULT_EPS, backend="auto", compiled=compiled_forward):
             if not runs_triton(features.device, backend):
                 return compiled(keyset, features, masks, eps, backend)
             check_inputs(features, masks, eps)

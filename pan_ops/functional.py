@@ -4,6 +4,7 @@ import torch
 
 from . import _library, reference, triton_kernels
 from ._validation import check_inputs
+from .reference import DEFAULT_EPS
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 
@@ -34,7 +35,7 @@ def cpu_capability() -> "str | None":
     return torch.ops.pan_ops._cpu_capability()
 
 
-def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6, backend: str = "auto") -> torch.Tensor:
+def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = DEFAULT_EPS, backend: str = "auto") -> torch.Tensor:
     """Mask-weighted average pooling of `features` [B,C,H,W] by `masks` [B,P,H,W] -> [B,P,C]
     (contract: docs/DESIGN.md §2). Differentiable in both inputs.
 
@@ -59,7 +60,7 @@ class WeightedPool(torch.autograd.Function):
     autograd formula."""
 
     @staticmethod
-    def forward(features, masks, eps=1e-6, backend="auto"):
+    def forward(features, masks, eps=DEFAULT_EPS, backend="auto"):
         return torch.ops.pan_ops.weighted_pool(features, masks, eps, backend)
 
     setup_context = staticmethod(_library.setup_context)

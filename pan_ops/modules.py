@@ -4,12 +4,13 @@ import torch
 from torch import nn
 
 from .functional import weighted_pool
+from .reference import DEFAULT_EPS
 
 
 class MaskedWeightedPool(nn.Module):
     """Pools features [B,C,H,W] into P part vectors [B,P,C] with masks [B,P,H,W]."""
 
-    def __init__(self, eps: float = 1e-6, backend: str = "auto"):
+    def __init__(self, eps: float = DEFAULT_EPS, backend: str = "auto"):
         super().__init__()
         self.eps = eps
         self.backend = backend

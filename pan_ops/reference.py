@@ -5,14 +5,18 @@ dtypes are computed in float32 and returned in the input dtype, as the kernels d
 
 import torch
 
-__all__ = ["weighted_pool", "weighted_pool_naive"]
+__all__ = ["DEFAULT_EPS", "weighted_pool", "weighted_pool_naive"]
+
+# The default floor of a mask's absolute sum: every Python signature of the op reads it, and
+# the C++ schema (csrc/weighted_pool.cpp) states the same value, which a test checks.
+DEFAULT_EPS = 1e-6
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """einsum + abs-sum + divide; [B,C,H,W] x [B,P,H,W] -> [B,P,C]."""
     dtype = _compute_dtype(features.dtype)
     f, m = features.to(dtype), masks.to(dtype)
@@ -21,7 +25,7 @@ def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6
     return (pooled / norm.unsqueeze(-1)).to(features.dtype)
 
 
-def weighted_pool_naive(features: torch.Tensor, masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def weighted_pool_naive(features: torch.Tensor, masks: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """The literal broadcast form (materialises B x P x C x H x W): a benchmark baseline."""
     norm = masks.abs().sum(dim=(2, 3)).clamp_min(eps)
     pooled = (features.unsqueeze(1) * masks.unsqueeze(2)).sum(dim=(3, 4))

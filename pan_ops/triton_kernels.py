@@ -314,7 +314,7 @@ if AVAILABLE:
     # gradient tiles, the forward [P_PAD, BLOCK_HW] mask tiles. So the host-chosen tile halves
     # each time P_PAD (and, in the backward, the accumulator width) doubles past the PAN shape's;
     # with the last, smallest autotuning config every P up to 256 (float64: 128) then fits the
-    # 64 KiB a CTA gets on sm_75 (benchmarks/triton_compile.py shows the footprints). One rule
+    # 64 KiB a CTA gets on sm_75 (tools/triton_compile.py shows the footprints). One rule
     # for every GPU, so that the sums run in the same order everywhere. The price: more channel
     # tiles, more G partials; they stay within dF's size up to P = 32.
     def _forward_block_hw(hw: int, p_pad: int) -> int:

@@ -118,6 +118,18 @@ def test_bad_eps(eps):
             torch.ops.pan_ops.weighted_pool(f, m, eps)
 
 
+def test_every_default_eps_is_the_contracts():
+    """pan_ops.DEFAULT_EPS is the one default: the Python signatures read it, and the C++
+    schema, which cannot import it, states the same value."""
+    import inspect
+
+    for function in (pan_ops.weighted_pool, pan_ops.reference.weighted_pool, pan_ops.MaskedWeightedPool.__init__):
+        assert inspect.signature(function).parameters["eps"].default == pan_ops.DEFAULT_EPS, function
+    if pan_ops._library.HAS_EXTENSION:
+        (eps,) = [a for a in torch.ops.pan_ops.weighted_pool.default._schema.arguments if a.name == "eps"]
+        assert eps.default_value == pan_ops.DEFAULT_EPS
+
+
 def test_bad_backend_name():
     f, m = make_inputs(1, 2, 3, 3, 2)
     with pytest.raises(ValueError, match="backend must be one of"):

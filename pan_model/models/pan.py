@@ -34,7 +34,7 @@ from .pcb import stripe_masks
 MASK_GENERATORS = ("conv", "stripes")
 MASK_SOURCES = ("conv50", "conv40", "conv41")
 LOCAL_SOURCES = ("conv51", "conv50")
-POOL_EPS = 1e-6  # floor of a mask's total weight, so an all-zero mask pools to zeros
+POOL_EPS = pan_ops.DEFAULT_EPS  # floor of a mask's total weight, so an all-zero mask pools to zeros
 
 
 class PAN(ReIDModel):
