@@ -33,7 +33,7 @@ import torch
 
 from .evaluation import evaluate_features, extract_features
 from .losses import mask_correlations, mask_overlaps
-from .models import unwrap_model
+from .models import eval_mode, unwrap_model
 
 
 @torch.no_grad()
@@ -64,10 +64,8 @@ def mask_statistics(masks: torch.Tensor) -> dict:
 def part_feature_statistics(model: torch.nn.Module, loader: Iterable, device) -> tuple[dict, torch.Tensor]:
     """({"cos_part_gap": ...}, the masks [N, P, h, w] of every image of `loader`)."""
     model = unwrap_model(model)
-    was_training = model.training
-    model.eval()
     cosines, masks = [], []
-    try:
+    with eval_mode(model):
         for images, *_ in loader:
             local = model.local_parts(images.to(device))
             gap = local.local_map.float().mean(dim=(2, 3))  # [B, C]
@@ -75,8 +73,6 @@ def part_feature_statistics(model: torch.nn.Module, loader: Iterable, device) ->
             parts = local.parts.float() * sign[..., None]
             cosines.append(torch.nn.functional.cosine_similarity(parts, gap[:, None], dim=2).flatten().cpu())
             masks.append(local.masks.float().cpu())
-    finally:
-        model.train(was_training)
     return {"cos_part_gap": float(torch.cat(cosines).mean())}, torch.cat(masks)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .models import eval_mode
 
 REPORTED_RANKS = (1, 5, 10)
 
@@ -21,10 +22,8 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device: "str | to
     flip=True averages each image's features with those of its mirror image. The model
     is run in eval mode and left in the mode it came in.
     """
-    was_training = model.training
-    model.eval()
     features, pids, camids = [], [], []
-    try:
+    with eval_mode(model):
         for images, batch_pids, batch_camids, *_ in loader:
             images = images.to(device, non_blocking=True)
             batch_features = model(images)
@@ -33,8 +32,6 @@ def extract_features(model: torch.nn.Module, loader: Iterable, device: "str | to
             features.append(batch_features.float().cpu())
             pids.append(torch.as_tensor(batch_pids))
             camids.append(torch.as_tensor(batch_camids))
-    finally:
-        model.train(was_training)
     if not features:
         raise ValueError("extract_features: the loader yielded no images")
     return torch.cat(features), torch.cat(pids).numpy().astype(np.int64), torch.cat(camids).numpy().astype(np.int64)

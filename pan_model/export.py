@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .models import eval_mode
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
 
@@ -47,24 +49,19 @@ def export_onnx(
     parameter = next(model.parameters())
     example = torch.randn(2, 3, *input_size, device=parameter.device)  # batch 2: 0 and 1 get specialised
     batch = torch.export.Dim("batch", min=1)
-    was_training = model.training
-    model.eval()
-    try:
-        with _reference_pooling(model), torch.no_grad():
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
-                opset_version=opset_version,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-    finally:
-        model.train(was_training)
+    with eval_mode(model), _reference_pooling(model), torch.no_grad():
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            opset_version=opset_version,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
     return path
 
 
@@ -75,12 +72,7 @@ def onnx_agreement(model: nn.Module, path: Union[str, os.PathLike], images: torc
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (onnx_features,) = session.run([OUTPUT_NAME], {INPUT_NAME: images.detach().cpu().float().numpy()})
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            torch_features = model(images.to(next(model.parameters()).device)).float().cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        torch_features = model(images.to(next(model.parameters()).device)).float().cpu()
     cosine = torch.nn.functional.cosine_similarity(torch_features, torch.from_numpy(np.asarray(onnx_features)), dim=1)
     return cosine.min().item()

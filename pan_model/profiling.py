@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .models import eval_mode
+
 
 def count_parameters(model: nn.Module, include_classifiers: bool = False) -> int:
     """Parameters of `model`; identity classifiers (submodules named `classifier`, whose
@@ -38,12 +40,8 @@ def profile_model(model: nn.Module, input_size: tuple[int, int] = (256, 128), ba
     model's device: {"params", "params_with_classifiers", "macs", "flops"}."""
     parameter = next(model.parameters())
     images = torch.randn(batch_size, 3, *input_size, device=parameter.device, dtype=parameter.dtype)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         flops = count_flops(model, images) // batch_size
-    finally:
-        model.train(was_training)
     return {
         "params": count_parameters(model),
         "params_with_classifiers": count_parameters(model, include_classifiers=True),

@@ -348,3 +348,16 @@ def test_pan_and_pcb_costs_against_the_paper(pan_resnet):
     assert round(per_part["params"] / 1e6, 1) == 46.9 and round(per_part["macs"] / 1e9, 2) == 5.98
     pcb = profile_model(pan_model.build_model("pcb", 751))
     assert round(pcb["params"] / 1e6, 1) == 42.7 and round(pcb["macs"] / 1e9, 2) == 5.97
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_eval_mode_restores_the_mode_it_found_also_on_error(training):
+    from pan_model.models import eval_mode
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).train(training)
+    with eval_mode(model) as inside:
+        assert inside is model and not model.training and not model[1].training
+    assert model.training == training and model[1].training == training
+    with pytest.raises(RuntimeError, match="boom"), eval_mode(model):
+        raise RuntimeError("boom")
+    assert model.training == training and model[1].training == training

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
@@ -63,12 +64,20 @@ def get_masks(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     model = unwrap_model(model)
     if not hasattr(model, "compute_masks"):
         raise ValueError(f"get_masks: {type(model).__name__} has no part masks; only PAN models have them")
+    with eval_mode(model):
+        return model.compute_masks(images)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """`model` in eval mode inside the block, and back in the mode it came in afterwards (also
+    when the block raises)."""
     was_training = model.training
     model.eval()
     try:
-        return model.compute_masks(images)
+        yield model
     finally:
         model.train(was_training)
 
 
-__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "get_masks", "unwrap_model"]
+__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "eval_mode", "get_masks", "unwrap_model"]
