@@ -147,12 +147,34 @@ def test_hypothesis_shapes(B, C, H, W, P, layout, seed):
     check_backend(backend, device, (B, C, H, W, P), torch.float32, layout, seed=seed)
 
 
-def test_reference_matches_literal_formula():
-    """The einsum reference against the broadcast formula, in float64."""
-    features, masks = make_inputs(2, 13, 5, 3, 4, torch.float64)
-    ref, _, _ = ground_truth(features, masks, 1e-6)
-    assert rel_error(pan_ops.reference.weighted_pool(features, masks), ref) < 1e-14
-    assert rel_error(pan_ops.reference.weighted_pool_naive(features, masks), ref) < 1e-14
+def test_reference_on_a_case_worked_by_hand():
+    """f = [1, 3] and m = [2, -1] over a 1 x 2 map: sum f m = 2 - 3 = -1, sum |m| = 3, so -1/3;
+    a second part m = [1e-8, 0] sums to less than eps = 1e-6, which floors its divisor:
+    (1 x 1e-8) / 1e-6 = 1e-2; an all-zero third part pools to 0."""
+    features = torch.tensor([1.0, 3.0], dtype=torch.float64).reshape(1, 1, 1, 2)
+    masks = torch.tensor([[2.0, -1.0], [1e-8, 0.0], [0.0, 0.0]], dtype=torch.float64).reshape(1, 3, 1, 2)
+    expected = torch.tensor([-1 / 3, 1e-2, 0.0], dtype=torch.float64).reshape(1, 3, 1)
+    for pool in (pan_ops.reference.weighted_pool, pan_ops.reference.weighted_pool_naive):
+        torch.testing.assert_close(pool(features, masks, 1e-6), expected, rtol=1e-15, atol=0)
+
+
+def test_reference_matches_a_loop_over_parts_and_channels():
+    """The einsum reference and the broadcast form against sums written out element by element
+    in Python floats (a computation shared with neither), on odd sizes with signed masks."""
+    features, masks = make_inputs(2, 5, 3, 7, 3, torch.float64)
+    B, C, H, W = features.shape
+    P = masks.shape[1]
+    f, m = features.tolist(), masks.tolist()
+    expected = torch.empty(B, P, C, dtype=torch.float64)
+    for b in range(B):
+        for p in range(P):
+            weight = max(sum(abs(m[b][p][y][x]) for y in range(H) for x in range(W)), 1e-6)
+            for c in range(C):
+                total = sum(f[b][c][y][x] * m[b][p][y][x] for y in range(H) for x in range(W))
+                expected[b, p, c] = total / weight
+    assert (masks < 0).any() and (masks > 0).any()  # both signs take part
+    for pool in (pan_ops.reference.weighted_pool, pan_ops.reference.weighted_pool_naive):
+        assert rel_error(pool(features, masks), expected) < 1e-14
 
 
 def test_module_matches_float64():
