@@ -105,3 +105,35 @@ def test_retrieval_strips(tmp_path):
     assert path.is_file()
     with pytest.raises(ValueError, match=r"\(2, 4\) do not match 2 queries x 5 gallery"):
         visualization.plot_retrieval(distances[:, :4], query, gallery, tmp_path / "bad.png", [0])
+
+
+def _pixels(path):
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+def test_mask_figure_shows_the_masks_it_is_given(tmp_path):
+    """The same masks draw the same picture, pixel for pixel; changing one part's mask
+    changes the picture, and only in that part's column (and the fused mean's)."""
+    images = _random_images(2)
+    masks = torch.randn(2, 4, 8, 4, generator=torch.Generator().manual_seed(0))
+    changed = masks.clone()
+    changed[:, 2] = changed[:, 2].flip(1)  # part 3 upside down
+    first = _pixels(visualization.plot_masks(images, masks, tmp_path / "a.png"))
+    again = _pixels(visualization.plot_masks(images, masks, tmp_path / "b.png"))
+    other = _pixels(visualization.plot_masks(images, changed, tmp_path / "c.png"))
+    assert np.array_equal(first, again)
+    columns = np.flatnonzero(np.abs(first - other).sum(axis=(0, 2)))
+    # the figure's six columns: image, fused, parts 1-4. The changed pixels form two runs of
+    # columns, around the second (fused) and the fifth (part 3) sixths of its width
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    centres = [run.mean() / first.shape[1] for run in runs if run.size]
+    assert len(centres) == 2 and 1 / 6 < centres[0] < 2 / 6 and 4 / 6 < centres[1] < 5 / 6, centres
+
+
+def test_cmc_plot_draws_its_curves(tmp_path):
+    curves = {"PAN": [0.4, 0.6, 0.7, 0.9], "PCB": [0.3, 0.5, 0.8, 0.85]}
+    drawn = _pixels(visualization.plot_cmc(curves, tmp_path / "a.png"))
+    moved = _pixels(visualization.plot_cmc({**curves, "PCB": [0.1, 0.2, 0.3, 0.4]}, tmp_path / "b.png"))
+    assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 10  # more than a blank canvas and text
+    assert not np.array_equal(drawn, moved)
