@@ -73,10 +73,13 @@ def setup_context(ctx, inputs, output):
 
 
 def backward(ctx, grad):
-    """dL/dfeatures and dL/dmasks from the private backward op, on the forward's backend."""
+    """dL/dfeatures and dL/dmasks from the private backward op, on the forward's backend; None
+    for an input that needs no gradient (the fused kernels compute both in one pass, so the
+    saving is the memory the unneeded one would hold)."""
     features, masks = ctx.saved_tensors
     grad_features, grad_masks = torch.ops.pan_ops._weighted_pool_backward(grad, features, masks, ctx.eps, ctx.backend)
-    return grad_features, grad_masks, None, None
+    needs_features, needs_masks = ctx.needs_input_grad[:2]
+    return grad_features if needs_features else None, grad_masks if needs_masks else None, None, None
 
 
 def _no_double_backward(ctx, grad_features, grad_masks):

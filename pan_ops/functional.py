@@ -56,12 +56,27 @@ def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = DEFA
 
 class WeightedPool(torch.autograd.Function):
     """The op as an autograd.Function, for code that composes Functions:
-    ``WeightedPool.apply(features, masks, eps, backend)``. Its backward is the op's own
-    autograd formula."""
+    ``WeightedPool.apply(features, masks, eps, backend)``, with the arguments of
+    weighted_pool, backend="reference" included. Its backward is the op's own autograd
+    formula (on the reference backend: autograd through the reference)."""
 
     @staticmethod
     def forward(features, masks, eps=DEFAULT_EPS, backend="auto"):
+        if backend == "reference":
+            check_inputs(features, masks, eps)
+            return reference.weighted_pool(features, masks, eps)
         return torch.ops.pan_ops.weighted_pool(features, masks, eps, backend)
 
     setup_context = staticmethod(_library.setup_context)
-    backward = staticmethod(_library.backward)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.backend != "reference":
+            return _library.backward(ctx, grad)
+        features, masks = ctx.saved_tensors
+        wanted = [i for i in (0, 1) if ctx.needs_input_grad[i]]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(i in wanted) for i, t in enumerate((features, masks))]
+            out = reference.weighted_pool(*inputs, ctx.eps)
+            grads = iter(torch.autograd.grad(out, [inputs[i] for i in wanted], grad))
+        return (*(next(grads) if i in wanted else None for i in (0, 1)), None, None)

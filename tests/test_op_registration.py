@@ -164,11 +164,19 @@ def test_autograd_function_matches_float64(device):
     features, masks = make_inputs(2, 7, 5, 3, 4, torch.float64, device, seed=5)
     grad = torch.randn(2, 4, 7, dtype=torch.float64, device=device)
     ref, ref_df, ref_dm = ground_truth(features, masks, 1e-3, grad)
-    for args in ((1e-3,), (1e-3, "auto")):
+    for args in ((1e-3,), (1e-3, "auto"), (1e-3, "reference")):
         f, m = features.clone().requires_grad_(True), masks.clone().requires_grad_(True)
         out = pan_ops.WeightedPool.apply(f, m, *args)
         out.backward(grad)
         assert rel_error(out, ref) < 1e-12 and rel_error(f.grad, ref_df) < 1e-12 and rel_error(m.grad, ref_dm) < 1e-12
+    # with one input that needs no gradient (whose gradient the backward then drops), the other is still exact
+    for backend in ("auto", "reference"):
+        f, m = features.clone().requires_grad_(True), masks.clone()
+        pan_ops.WeightedPool.apply(f, m, 1e-3, backend).backward(grad)
+        assert m.grad is None and rel_error(f.grad, ref_df) < 1e-12
+        f, m = features.clone(), masks.clone().requires_grad_(True)
+        (pan_ops.weighted_pool(f, m, 1e-3, backend) if backend == "auto" else pan_ops.WeightedPool.apply(f, m, 1e-3, backend)).backward(grad)
+        assert f.grad is None and rel_error(m.grad, ref_dm) < 1e-12
 
 
 @needs_extension
