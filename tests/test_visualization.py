@@ -67,7 +67,10 @@ def test_training_curves_from_log_records(tmp_path):
             }
         )
     records.append({"kind": "eval", "epoch": 3, "step": 0, "global_step": 6, "rank1": 0.5, "mAP": 0.3, "mINP": 0.1})
-    assert visualization.plot_training_curves(records, tmp_path / "curves.png").is_file()
+    drawn = _pixels(visualization.plot_training_curves(records, tmp_path / "curves.png"))
+    assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 10  # more than a blank canvas and text
+    faster = [{**r, "total": r["total"] / 2} if r["kind"] != "eval" else r for r in records]
+    assert not np.array_equal(drawn, _pixels(visualization.plot_training_curves(faster, tmp_path / "other.png")))
     with pytest.raises(ValueError, match="no training records"):
         visualization.plot_training_curves(records[-1:], tmp_path / "none.png")
 
