@@ -77,7 +77,7 @@ def evaluate_features(
         if return_distances:
             extra["distances"] = np.asarray(distmat)
     else:
-        num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
+        num_gallery = gallery_features.shape[0]
         if query_block is None:
             query_block = BLOCK_BYTES // (4 * max(num_gallery, 1))
         if query_block < 1:
@@ -87,11 +87,14 @@ def evaluate_features(
         chunk = metrics.DISTANCE_CHUNK_ROWS
         query_block = -(-query_block // chunk) * chunk
         q_pids, q_camids = np.asarray(q_pids), np.asarray(q_camids)
-        ranks = []
-        for start in range(0, max(num_query, 1), query_block):
-            rows = slice(start, start + query_block)
-            block = metrics.compute_distance_matrix(query_features[rows], gallery_features, metric)
+        blocks = metrics.distance_blocks(query_features, gallery_features, metric, query_block, chunk)
+        ranks, start = [], 0
+        # (a plain loop: zip or enumerate would keep the last block alive in their reused
+        # result tuple while the next one is computed)
+        for block in blocks:
+            rows = slice(start, start + block.shape[0])
             ranks.append(metrics.rank_queries(block, q_pids[rows], g_pids, q_camids[rows], g_camids))
+            start += block.shape[0]
             del block  # free before the next block is computed
     cmc, mean_ap, mean_inp = metrics.summarise_ranks(ranks, max_rank)
     scores = {f"rank{rank}": float(cmc[rank - 1]) for rank in REPORTED_RANKS if rank <= len(cmc)}

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -51,10 +51,26 @@ def compute_distance_matrix(
     similarity). Computed on the features' device `chunk_size` query rows at a time, so a
     large gallery never needs more than chunk_size x G extra memory there.
     """
+    num_query = torch.as_tensor(query_features).shape[0]
+    return next(distance_blocks(query_features, gallery_features, metric, max(num_query, 1), chunk_size))
+
+
+def distance_blocks(
+    query_features: torch.Tensor,
+    gallery_features: torch.Tensor,
+    metric: str = "euclidean",
+    block_rows: int = DISTANCE_CHUNK_ROWS,
+    chunk_size: int = DISTANCE_CHUNK_ROWS,
+) -> Iterator[torch.Tensor]:
+    """The rows of compute_distance_matrix, `block_rows` query rows at a time (the last block
+    may be shorter; at least one block): for callers that never hold the whole matrix. The
+    gallery is prepared (its squared norms, or its normalised rows) once for all blocks, and
+    each row comes from the same `chunk_size`-row product as in the whole matrix when
+    block_rows is a multiple of chunk_size."""
     if metric not in DISTANCE_METRICS:
         raise ValueError(f"compute_distance_matrix: metric must be one of {DISTANCE_METRICS}, got {metric!r}")
-    if chunk_size < 1:
-        raise ValueError(f"compute_distance_matrix: chunk_size must be >= 1, got {chunk_size}")
+    if chunk_size < 1 or block_rows < 1:
+        raise ValueError(f"compute_distance_matrix: chunk_size and block_rows must be >= 1, got {chunk_size} and {block_rows}")
     query_features = torch.as_tensor(query_features)
     gallery_features = torch.as_tensor(gallery_features, device=query_features.device)
     if query_features.dim() != 2 or gallery_features.dim() != 2 or query_features.shape[1] != gallery_features.shape[1]:
@@ -70,22 +86,26 @@ def compute_distance_matrix(
     else:
         gallery_sq_norms = _squared_norms(gallery_features)
 
-    out = torch.empty(query_features.shape[0], gallery_features.shape[0], dtype=torch.float32)
-    for start in range(0, query_features.shape[0], chunk_size):
-        query = query_features[start : start + chunk_size]
-        # Off autocast, which would run this product in half precision when the caller
-        # extracts features under it: |q|^2 + |g|^2 - 2 q.g cancels most of those bits.
-        with torch.autocast(query.device.type, enabled=False):
-            products = query @ gallery_features.T
-        if metric == "cosine":
-            block = 1.0 - products
-        else:
-            # |q - g|^2 = |q|^2 + |g|^2 - 2 q.g; rounding can dip just below zero.
-            block = (query.pow(2).sum(1, keepdim=True) + gallery_sq_norms - 2.0 * products).clamp_(min=0)
-            if metric == "euclidean":
-                block = block.sqrt_()
-        out[start : start + chunk_size] = block.to("cpu", torch.float32)
-    return out
+    num_query, num_gallery = query_features.shape[0], gallery_features.shape[0]
+    for block_start in range(0, max(num_query, 1), block_rows):
+        block_stop = min(block_start + block_rows, num_query)
+        out = torch.empty(block_stop - block_start, num_gallery, dtype=torch.float32)
+        for start in range(block_start, block_stop, chunk_size):
+            query = query_features[start : min(start + chunk_size, block_stop)]
+            # Off autocast, which would run this product in half precision when the caller
+            # extracts features under it: |q|^2 + |g|^2 - 2 q.g cancels most of those bits.
+            with torch.autocast(query.device.type, enabled=False):
+                products = query @ gallery_features.T
+            if metric == "cosine":
+                chunk = 1.0 - products
+            else:
+                # |q - g|^2 = |q|^2 + |g|^2 - 2 q.g; rounding can dip just below zero.
+                chunk = (query.pow(2).sum(1, keepdim=True) + gallery_sq_norms - 2.0 * products).clamp_(min=0)
+                if metric == "euclidean":
+                    chunk = chunk.sqrt_()
+            out[start - block_start : start - block_start + query.shape[0]] = chunk.to("cpu", torch.float32)
+        yield out
+        del out  # the caller's block is the only one held while the next is computed
 
 
 # ---- CMC / mAP / mINP ----------------------------------------------------------------------
@@ -237,8 +257,6 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     rank_queries then summarise_ranks. Returns (cmc float32 [max_rank], mAP, mINP),
     fractions in [0, 1] averaged over the queries that have a match. Raises ValueError when
     no query has a match in another camera."""
-    if max_rank < 1:
-        raise ValueError(f"evaluate_rank: max_rank must be >= 1, got {max_rank}")
     return summarise_ranks(rank_queries(distmat, q_pids, g_pids, q_camids, g_camids), max_rank)
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from pan_model import metrics
 from pan_model.evaluation import evaluate, evaluate_features, extract_features
 from pan_model.metrics import compute_distance_matrix, evaluate_rank, re_ranking
 
@@ -114,13 +115,14 @@ def test_query_blocks_give_the_whole_matrix_scores_to_the_last_digit(metric, mon
     assert (ordered[:, 1:] == ordered[:, :-1]).any(dim=1).float().mean() > 0.5  # most rows have ties
     cmc, mean_ap, mean_inp = evaluate_rank(whole, *labels)
     requested_rows = []
-    real = compute_distance_matrix
+    real = metrics.distance_blocks
 
-    def recorded(query_features, *args, **kwargs):
-        requested_rows.append(query_features.shape[0])
-        return real(query_features, *args, **kwargs)
+    def recorded(*args, **kwargs):  # the rows of each block of distances evaluate_features ranks
+        for block in real(*args, **kwargs):
+            requested_rows.append(block.shape[0])
+            yield block
 
-    monkeypatch.setattr("pan_model.metrics.compute_distance_matrix", recorded)
+    monkeypatch.setattr("pan_model.metrics.distance_blocks", recorded)
     for block in (1, 256, 300, 700, None):
         requested_rows.clear()
         scores = evaluate_features(query, gallery, *labels, metric=metric, query_block=block)
@@ -154,3 +156,13 @@ def test_re_ranking_that_would_not_fit_is_refused_with_what_it_needs(monkeypatch
         evaluate_features(query, gallery, *labels, rerank=True)
     monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 1 << 40)
     assert 0 < evaluate_features(query, gallery, *labels, rerank=True)["mAP"] <= 1
+
+
+def test_the_gallery_is_prepared_once_for_all_query_blocks(monkeypatch):
+    """Its squared norms, a pass over the whole gallery, are taken once, not once per block."""
+    query, gallery, *labels = block_problem(seed=3)
+    calls = []
+    real = metrics._squared_norms
+    monkeypatch.setattr("pan_model.metrics._squared_norms", lambda features: calls.append(len(features)) or real(features))
+    evaluate_features(query, gallery, *labels, query_block=1)  # 3 blocks of 256 rows
+    assert calls == [len(gallery)]
