@@ -8,33 +8,20 @@ different function, so nothing is lost in the file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Union
 
 import numpy as np
 import torch
 from torch import nn
 
+import pan_ops
+
 from .models import eval_mode
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"
-
-
-@contextlib.contextmanager
-def _reference_pooling(model: nn.Module) -> Iterator[None]:
-    """Temporarily switch every module with a `pool_backend` to the reference backend."""
-    modules = [m for m in model.modules() if hasattr(m, "pool_backend")]
-    saved = [m.pool_backend for m in modules]
-    for m in modules:
-        m.pool_backend = "reference"
-    try:
-        yield
-    finally:
-        for m, backend in zip(modules, saved):
-            m.pool_backend = backend
 
 
 def export_onnx(
@@ -49,7 +36,7 @@ def export_onnx(
     parameter = next(model.parameters())
     example = torch.randn(2, 3, *input_size, device=parameter.device)  # batch 2: 0 and 1 get specialised
     batch = torch.export.Dim("batch", min=1)
-    with eval_mode(model), _reference_pooling(model), torch.no_grad():
+    with eval_mode(model), pan_ops.force_backend("reference"), torch.no_grad():
         torch.onnx.export(
             model,
             (example,),

@@ -6,7 +6,8 @@ autocast and a FLOP formula. Contract and design: docs/DESIGN.md §2-§4.
 """
 
 from . import _library, reference
-from .functional import BACKENDS, WeightedPool, available_backends, cpu_capability, weighted_pool
+from ._validation import BACKENDS, check_backend
+from .functional import WeightedPool, available_backends, cpu_capability, force_backend, weighted_pool
 from .modules import MaskedWeightedPool
 from .reference import DEFAULT_EPS
 
@@ -18,6 +19,8 @@ __all__ = [
     "MaskedWeightedPool",
     "reference",
     "BACKENDS",
+    "check_backend",
+    "force_backend",
     "DEFAULT_EPS",
 ]
 __version__ = "0.1.0"

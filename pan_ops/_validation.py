@@ -1,10 +1,25 @@
 """Input checks of the op's Python-side kernels (Triton, fake) and of the reference
 backend. The compiled kernels make the same checks, with the same messages, in
-csrc/weighted_pool.cpp; every call is checked once, by the kernel that serves it."""
+csrc/weighted_pool.cpp; every call is checked once, by the kernel that serves it.
+
+The backend names are checked here, for every Python entry point (pan_ops.weighted_pool,
+WeightedPool, MaskedWeightedPool, force_backend, PAN's pool_backend); the compiled op
+rejects a name it cannot serve itself only for callers of torch.ops.pan_ops.weighted_pool."""
 
 import torch
 
+# "auto" lets the op choose the kernel by the tensors' device (docs/DESIGN.md §3); the
+# others are explicit overrides, "reference" the pure-PyTorch formula outside the op.
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_backend(backend: str, argument: str = "backend") -> str:
+    """`backend` if it is one of BACKENDS, else a ValueError naming `argument`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"weighted_pool: {argument} must be one of {BACKENDS}, got {backend!r}")
+    return backend
 
 
 def _shape(t: torch.Tensor) -> str:

@@ -1,12 +1,31 @@
 """`weighted_pool`: the public entry point (the op, or the pure-PyTorch reference)."""
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from . import _library, reference, triton_kernels
-from ._validation import check_inputs
+from ._validation import BACKENDS, check_backend, check_inputs
 from .reference import DEFAULT_EPS
 
-BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+# The backend every call runs on inside force_backend(), whatever it asked for; None outside.
+# A module global (not a context variable) so that torch.compile guards on it.
+_forced_backend = None
+
+
+@contextlib.contextmanager
+def force_backend(backend: str) -> Iterator[None]:
+    """Run every pan_ops.weighted_pool call in the block on `backend`, whatever backend the
+    caller (e.g. a model's pool_backend) asked for, as torch.nn.attention.sdpa_kernel does for
+    attention: export_onnx uses force_backend("reference") so that the file holds standard ops.
+    Process-wide, not per thread."""
+    global _forced_backend
+    saved, _forced_backend = _forced_backend, check_backend(backend)
+    try:
+        yield
+    finally:
+        _forced_backend = saved
 
 
 def available_backends(device: "str | torch.device | None" = None) -> list:
@@ -43,15 +62,25 @@ def weighted_pool(features: torch.Tensor, masks: torch.Tensor, eps: float = DEFA
     else the CUDA C++ kernel), "cpu", "cuda", "triton", or "reference" (pure PyTorch).
     Every backend but "reference" is torch.ops.pan_ops.weighted_pool.
     """
-    if backend == "reference" or (backend == "auto" and not _library.HAS_EXTENSION):
+    backend = _chosen_backend(backend)
+    if backend == "reference":
         check_inputs(features, masks, eps)
         return reference.weighted_pool(features, masks, eps)
-    if not _library.HAS_EXTENSION:
-        raise RuntimeError(
-            f"weighted_pool: backend={backend!r} needs the compiled extension pan_ops._C, which did not "
-            f"load ({_library.EXTENSION_ERROR}); backend='reference' needs nothing"
-        )
     return torch.ops.pan_ops.weighted_pool(features, masks, eps, backend)
+
+
+def _chosen_backend(backend: str) -> str:
+    """The backend a call runs on: force_backend's if one is in force, else the checked
+    `backend`, with "auto" meaning the reference where the extension did not load."""
+    backend = _forced_backend or check_backend(backend)
+    if _library.HAS_EXTENSION or backend == "reference":
+        return backend
+    if backend == "auto":
+        return "reference"
+    raise RuntimeError(
+        f"weighted_pool: backend={backend!r} needs the compiled extension pan_ops._C, which did not "
+        f"load ({_library.EXTENSION_ERROR}); backend='reference' needs nothing"
+    )
 
 
 class WeightedPool(torch.autograd.Function):
@@ -62,12 +91,12 @@ class WeightedPool(torch.autograd.Function):
 
     @staticmethod
     def forward(features, masks, eps=DEFAULT_EPS, backend="auto"):
-        if backend == "reference":
-            check_inputs(features, masks, eps)
-            return reference.weighted_pool(features, masks, eps)
-        return torch.ops.pan_ops.weighted_pool(features, masks, eps, backend)
+        return weighted_pool(features, masks, eps, backend)
 
-    setup_context = staticmethod(_library.setup_context)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _library.setup_context(ctx, inputs, output)
+        ctx.backend = _chosen_backend(ctx.backend)  # the one forward ran on
 
     @staticmethod
     def backward(ctx, grad):

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from ._validation import check_backend
 from .functional import weighted_pool
 from .reference import DEFAULT_EPS
 
@@ -13,7 +14,7 @@ class MaskedWeightedPool(nn.Module):
     def __init__(self, eps: float = DEFAULT_EPS, backend: str = "auto"):
         super().__init__()
         self.eps = eps
-        self.backend = backend
+        self.backend = check_backend(backend)
 
     def forward(self, features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         return weighted_pool(features, masks, self.eps, self.backend)

@@ -133,9 +133,43 @@ def test_every_default_eps_is_the_contracts():
 
 
 def test_bad_backend_name():
+    """Every Python entry point rejects an unknown name with the one check (BACKENDS listed), the
+    registered op for its direct callers."""
     f, m = make_inputs(1, 2, 3, 3, 2)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        pan_ops.weighted_pool(f, m, backend="fastest")
+    listed = r"backend must be one of \('auto', 'reference', 'cpu', 'cuda', 'triton'\), got 'fastest'"
+    for call in (
+        lambda: pan_ops.weighted_pool(f, m, backend="fastest"),
+        lambda: pan_ops.WeightedPool.apply(f, m, 1e-3, "fastest"),
+        lambda: pan_ops.MaskedWeightedPool(backend="fastest"),
+        lambda: pan_ops.force_backend("fastest").__enter__(),
+    ):
+        with pytest.raises(ValueError, match=listed):
+            call()
+    if pan_ops._library.HAS_EXTENSION:
+        with pytest.raises(ValueError, match="backend must be one of"):
+            torch.ops.pan_ops.weighted_pool(f, m, 1e-3, "fastest")
+
+
+@needs_extension
+def test_force_backend_overrides_every_call_in_its_block(monkeypatch):
+    """Inside force_backend("reference") a call asking for the C++ kernel runs the reference (the op
+    is not called), the result is the float64 ground truth, and the previous choice comes back
+    after the block, also when it raises."""
+    features, masks = make_inputs(2, 7, 5, 3, 4, torch.float64, seed=3)
+    ref, _, _ = ground_truth(features, masks, 1e-3, torch.ones(2, 4, 7, dtype=torch.float64))
+    op_calls = []
+    op = torch.ops.pan_ops.weighted_pool
+    monkeypatch.setattr(torch.ops.pan_ops, "weighted_pool", lambda *a: op_calls.append(a) or op(*a))
+    with pan_ops.force_backend("reference"):
+        out = pan_ops.weighted_pool(features, masks, 1e-3, backend="cpu")
+        with pytest.raises(RuntimeError, match="boom"), pan_ops.force_backend("cpu"):
+            assert pan_ops.weighted_pool(features, masks, 1e-3, backend="reference").shape == out.shape
+            raise RuntimeError("boom")
+        pan_ops.weighted_pool(features, masks, 1e-3, backend="cpu")
+    assert rel_error(out, ref) < 1e-12
+    assert [a[3] for a in op_calls] == ["cpu"]  # only the call forced onto "cpu" reached the op
+    pan_ops.weighted_pool(features, masks, 1e-3, backend="cpu")
+    assert [a[3] for a in op_calls] == ["cpu", "cpu"]
 
 
 def test_backend_device_mismatch():

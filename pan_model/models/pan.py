@@ -61,7 +61,7 @@ class PAN(ReIDModel):
         check_positive("local_dim", local_dim)
         check_choice("mask_source", mask_source, MASK_SOURCES)
         check_choice("local_source", local_source, LOCAL_SOURCES)
-        check_choice("pool_backend", pool_backend, pan_ops.BACKENDS)
+        pan_ops.check_backend(pool_backend, "pool_backend")
         if mask_source != "conv50" and last_stride != 1:
             raise ValueError(
                 f"mask_source={mask_source!r} needs last_stride=1: masks from a conv4 stage must have "
