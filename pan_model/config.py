@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -52,11 +53,13 @@ def _rule(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISS
 
 @dataclass
 class ModelConfig:
-    """Options of pan_model.build_model; null (None) leaves the architecture's own default
-    (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC per stripe)."""
+    """Options of pan_model.build_model. Each option's default lives in one place, the
+    signature of the architecture's class (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC
+    per stripe): null here means that default, so a recipe says only what differs and
+    switching model.arch switches the defaults too. resolved() fills them in."""
 
     arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")  # "pan" | "pcb" | "global"
-    backbone: str = _rule("resnet50", choices="pan_model.backbones:BACKBONES")  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    backbone: Optional[str] = _rule(None, choices="pan_model.backbones:BACKBONES")  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
     num_parts: Optional[int] = _rule(None, low=1)  # P
     local_dim: Optional[int] = _rule(None, low=1)  # n_l
     global_dim: Optional[int] = _rule(None, low=1)  # N_g
@@ -64,14 +67,27 @@ class ModelConfig:
     mask_softmax: Optional[bool] = None
     mask_source: Optional[str] = _rule(None, choices="pan_model.models.pan:MASK_SOURCES")  # conv50 | conv40 | conv41
     local_source: Optional[str] = _rule(None, choices="pan_model.models.pan:LOCAL_SOURCES")  # conv51 | conv50
-    last_stride: int = _rule(1, low=1, high=2)
+    last_stride: Optional[int] = _rule(None, low=1, high=2)
     pretrained: Optional[str] = None  # backbone weights: a file, or "imagenet" (cache, else download)
-    pool_backend: str = _rule("auto", choices="pan_ops:BACKENDS")  # backend of pan_ops.weighted_pool
+    pool_backend: Optional[str] = _rule(None, choices="pan_ops:BACKENDS")  # backend of pan_ops.weighted_pool
     mask_generator: Optional[str] = _rule(None, choices="pan_model.models.pan:MASK_GENERATORS")  # PAN: conv (the paper) | stripes (fixed, a diagnostic)
 
+    def resolved(self) -> "ModelConfig":
+        """A copy with every option left null that model.arch accepts set to its default."""
+        from .models import ARCHITECTURES
+
+        parameters = inspect.signature(ARCHITECTURES[self.arch]).parameters
+        defaults = {
+            name: parameters[name].default
+            for name in (f.name for f in dataclasses.fields(self))
+            if name in parameters and getattr(self, name) is None
+        }
+        return dataclasses.replace(self, **defaults)
+
     def options(self) -> dict:
-        """Keyword arguments of pan_model.build_model: the fields set, but arch."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if name != "arch" and value is not None}
+        """Keyword arguments of pan_model.build_model: the resolved options that are set, but arch."""
+        resolved = dataclasses.asdict(self.resolved())
+        return {name: value for name, value in resolved.items() if name != "arch" and value is not None}
 
 
 @dataclass
@@ -151,6 +167,10 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def resolved(self) -> "Config":
+        """A copy with the model's defaults filled in (ModelConfig.resolved): what a run uses."""
+        return dataclasses.replace(self, model=self.model.resolved())
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
@@ -177,7 +197,8 @@ def find_config(path: "str | Path", relative_to: "Path | None" = None) -> Path:
             break
     if parts:
         packaged = CONFIG_DIR.joinpath(*parts)
-        packaged = packaged if packaged.suffix else packaged.with_name(packaged.name + ".yaml")
+        # (a name may hold dots of its own: ablations/gamma_0.875)
+        packaged = packaged if packaged.suffix == ".yaml" else packaged.with_name(packaged.name + ".yaml")
         if packaged.is_file():
             return packaged
     return given

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pan_model.cli import chance_rank1, main
+from pan_model.cli import main
+from pan_model.reporting import chance_rank1
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "pan_model" / "configs" / "smoke.yaml"
@@ -104,11 +105,11 @@ def test_visualize_writes_the_figures(trained_run, tmp_path):
 def test_figures_show_the_evaluation_as_configured(trained_run, tmp_path, monkeypatch):
     """With eval.flip and eval.rerank on, cmc.png draws the CMC that `pan-reid eval` reports
     for the same settings, and retrieval.png ranks by the distances that CMC came from."""
-    from pan_model import visualization
+    from pan_model.reporting import plots
     from pan_model.metrics import evaluate_rank
 
     drawn = {}
-    plot_cmc, plot_retrieval = visualization.plot_cmc, visualization.plot_retrieval
+    plot_cmc, plot_retrieval = plots.plot_cmc, plots.plot_retrieval
 
     def record_cmc(curves, *args, **kwargs):
         drawn["cmc"] = curves
@@ -118,8 +119,8 @@ def test_figures_show_the_evaluation_as_configured(trained_run, tmp_path, monkey
         drawn["retrieval"] = (np.asarray(distances), query, gallery)
         return plot_retrieval(distances, query, gallery, *args, **kwargs)
 
-    monkeypatch.setattr(visualization, "plot_cmc", record_cmc)
-    monkeypatch.setattr(visualization, "plot_retrieval", record_retrieval)
+    monkeypatch.setattr(plots, "plot_cmc", record_cmc)
+    monkeypatch.setattr(plots, "plot_retrieval", record_retrieval)
     checkpoint = str(trained_run / "run" / "checkpoint_last.pt")
     settings = ["eval.flip=true", "eval.rerank=true"]
     assert main(["eval", "--checkpoint", checkpoint, "--output", str(tmp_path / "eval.json"), *settings]) == 0

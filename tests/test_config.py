@@ -8,6 +8,7 @@ from pan_model import build_model
 from pan_model.config import (
     CONFIG_DIR as CONFIGS,
     Config,
+    apply_overrides,
     ConfigError,
     config_from_dict,
     find_config,
@@ -100,6 +101,14 @@ def test_packaged_recipes_are_found_by_name_from_any_directory(name, tmp_path, m
     assert "ablations/gamma_14" in packaged_configs() and "smoke" in packaged_configs()
 
 
+def test_every_name_packaged_configs_lists_loads(tmp_path, monkeypatch):
+    """The names as listed, dots in a name included (ablations/gamma_0.875 once failed)."""
+    monkeypatch.chdir(tmp_path)
+    for name in packaged_configs():
+        assert find_config(name) == CONFIGS / f"{name}.yaml"
+        load_config(name)
+
+
 def test_a_file_wins_over_the_packaged_recipe_of_that_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path / "smoke.yaml", "train:\n  epochs: 5\n")
@@ -110,7 +119,7 @@ def test_a_file_wins_over_the_packaged_recipe_of_that_name(tmp_path, monkeypatch
 def test_a_users_file_starts_from_a_packaged_recipe(tmp_path):
     mine = _write(tmp_path / "mine.yaml", "_base_: pan_resnet50_occluded_duke\ntrain:\n  epochs: 3\n")
     config = load_config(mine)
-    assert config.data.dataset == "occluded_duke" and config.model.num_parts == 14  # via base.yaml
+    assert config.data.dataset == "occluded_duke" and config.model.resolved().num_parts == 14  # PAN's
     assert config.train.epochs == 3
 
 
@@ -122,7 +131,22 @@ def test_round_trip_through_dict_and_yaml():
 
 def test_model_options_hold_the_fields_set_but_arch():
     options = load_config(None, ["model.num_parts=6", "model.arch=pcb"]).model.options()
-    assert options == {"backbone": "resnet50", "num_parts": 6, "last_stride": 1, "pool_backend": "auto"}
+    # what is left null comes from PCB's signature; PAN's options PCB does not take stay out
+    expected = dict(backbone="resnet50", num_parts=6, local_dim=256, global_dim=512, shared_fc=False, local_source="conv51", last_stride=1)
+    assert options == expected
+
+
+def test_model_defaults_come_from_the_architecture_chosen_last():
+    """A recipe leaves the model's options null: each architecture fills in its own defaults,
+    also when an override switches the architecture of a PAN recipe."""
+    pan = load_config("pan_resnet50_market1501")
+    assert pan.model.num_parts is None and pan.model.resolved().num_parts == 14 and pan.model.resolved().shared_fc
+    pcb = apply_overrides(pan, ["model.arch=pcb"]).model.resolved()
+    assert (pcb.num_parts, pcb.shared_fc, pcb.mask_softmax, pcb.mask_source) == (6, False, None, None)
+    assert apply_overrides(pan, ["model.arch=global"]).model.options() == dict(
+        backbone="resnet50", global_dim=512, last_stride=1, pretrained="imagenet"
+    )
+    assert load_config("pcb_resnet50_market1501").model.resolved() == pcb
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS)))
@@ -132,12 +156,12 @@ def test_every_shipped_recipe_loads_and_builds_its_model(path):
     # the smallest backbone and no weight files: what is checked is the recipe's model options
     options = {**config.model.options(), "backbone": "osnet_x0_25", "pretrained": None}
     model = build_model(config.model.arch, 4, **options)
-    parts = config.model.num_parts if config.model.arch != "global" else 0
+    parts = config.model.resolved().num_parts if config.model.arch != "global" else 0
     assert model.num_parts == parts
 
 
 def test_paper_recipes_differ_from_pan_only_where_they_should():
-    pan = load_config(CONFIGS / "pan_resnet50_occluded_duke.yaml").to_dict()
+    pan = load_config(CONFIGS / "pan_resnet50_occluded_duke.yaml").resolved().to_dict()
     for name, expected in {
         "ablations/shared_fc_off.yaml": {("model", "shared_fc"): False},
         "ablations/mask_conv41_local_conv50.yaml": {
@@ -148,7 +172,7 @@ def test_paper_recipes_differ_from_pan_only_where_they_should():
         "ablations/gamma_3.5.yaml": {("model", "local_dim"): 128},
         "pan_osnet_occluded_duke.yaml": {("model", "backbone"): "osnet_x1_0"},
     }.items():
-        variant = load_config(CONFIGS / name).to_dict()
+        variant = load_config(CONFIGS / name).resolved().to_dict()
         changed = {
             (section, key): variant[section][key]
             for section in ("model", "data", "loss", "optim", "train", "eval")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import pan_model
-from pan_model.export import export_onnx, onnx_agreement
+from pan_model.models.export import export_onnx, onnx_agreement
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -10,7 +10,7 @@ import pan_ops
 from pan_model.backbones import build_backbone
 from pan_model.losses import ReIDLoss
 from pan_model.models import get_masks
-from pan_model.profiling import count_flops, count_parameters, profile_model
+from pan_model.reporting.profiling import count_flops, count_parameters, profile_model
 
 NUM_CLASSES = 7
 SMALL = dict(backbone="osnet_x0_25")  # conv4 = conv5 = 128 channels, 1/16 resolution

@@ -140,7 +140,8 @@ def check_resumable(state: dict, config, num_classes: int, path: "str | Path") -
             f"cannot resume from {path}: it holds no training state ({', '.join(missing)} missing); "
             f"a model_best.pt keeps weights only, resume from the run's checkpoint_last.pt"
         )
-    saved, current = _flat(config_from_dict(state["config"]).to_dict()), _flat(config.to_dict())
+    saved = _flat(config_from_dict(state["config"]).resolved().to_dict())
+    current = _flat(config.resolved().to_dict())
     differences = [
         f"{key}: {saved[key]!r} in the checkpoint, {value!r} now"
         for key, value in current.items()

@@ -163,6 +163,13 @@ def build_test_loader(config: Config, items, pin_memory: bool = False) -> DataLo
     )
 
 
+def build_test_loaders(config: Config):
+    """The dataset of `config` with loaders of its query and its gallery: what evaluating a
+    trained model on that dataset needs."""
+    dataset = prepare_dataset(config)
+    return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
+
+
 def per_process_batch(config: Config, world_size: int) -> int:
     """Images each of `world_size` processes trains on per step. data.batch_size is P
     identities x data.num_instances images; every process gets P / world_size whole

@@ -451,7 +451,7 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
         model = build_model(config.model.arch, data.num_classes, **config.model.options())
         weights = model.backbone.weights_file
         if context.is_main:
-            print(f"backbone {config.model.backbone}: {f'weights from {weights}' if weights else 'random initialisation'}", flush=True)
+            print(f"backbone {config.model.resolved().backbone}: {f'weights from {weights}' if weights else 'random initialisation'}", flush=True)
         trainer = Trainer(config, model, data, device, context)
         if resume is None and distributed.restart_count() > 0:
             resume = AUTO_RESUME
@@ -459,7 +459,7 @@ def train(config: Config, resume: "str | Path | None" = None) -> dict:
             trainer.resume(resume)  # before config.yaml: a refused checkpoint leaves the folder as it was
         if context.is_main:
             trainer.output_dir.mkdir(parents=True, exist_ok=True)
-            (trainer.output_dir / "config.yaml").write_text(config.to_yaml())
+            (trainer.output_dir / "config.yaml").write_text(config.resolved().to_yaml())
         return trainer.fit()
     finally:
         distributed.destroy()

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .models import eval_mode
+from ..models import eval_mode
 
 
 def count_parameters(model: nn.Module, include_classifiers: bool = False) -> int:

@@ -12,6 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data import ImageDataset, build_transforms
+from ..models import get_masks
+
 MATCH_COLOUR = (0.1, 0.7, 0.2)
 MISMATCH_COLOUR = (0.85, 0.1, 0.1)
 
@@ -104,9 +107,6 @@ def plot_masks(
 def plot_query_masks(model: torch.nn.Module, items: Sequence, size: tuple[int, int], path: "str | Path", device="cpu") -> Path:
     """plot_masks for a PAN model's masks on dataset items ((img_path, pid, camid) triples),
     each image fed to the model as the test transform at `size` (H, W) prepares it."""
-    from .data import ImageDataset, build_transforms
-    from .models import get_masks
-
     samples = ImageDataset(list(items), build_transforms(*size, is_train=False))
     images = torch.stack([samples[i][0] for i in range(len(samples))]).to(device)
     pictures = [load_rgb(img_path, size) for img_path, _, _ in items]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pan_model import visualization
+from pan_model.reporting import plots
 
 
 def _random_images(count, size=(64, 32), seed=0):
@@ -20,7 +20,7 @@ def _png_size(path):
 
 def test_mask_heatmaps_scale_each_part_to_its_range_and_fuse_by_the_mean():
     masks = torch.tensor([[[[1.0, -3.0], [0.5, 0.0]], [[2.0, 2.0], [4.0, 1.0]]]])  # [1, 2, 2, 2]
-    parts, fused = visualization.mask_heatmaps(masks, (2, 2))
+    parts, fused = plots.mask_heatmaps(masks, (2, 2))
     np.testing.assert_allclose(parts[0, 0], [[1.0, 0.0], [3.5 / 4, 3 / 4]], rtol=1e-6)
     np.testing.assert_allclose(parts[0, 1], [[1 / 3, 1 / 3], [1.0, 0.0]], rtol=1e-6)
     mean = (parts[0, 0] + parts[0, 1]) / 2
@@ -31,12 +31,12 @@ def test_mask_heatmaps_scale_each_part_to_its_range_and_fuse_by_the_mean():
 def test_plot_masks_writes_a_row_per_image(tmp_path):
     images = _random_images(3)
     masks = torch.randn(3, 5, 8, 4)
-    three_rows = _png_size(visualization.plot_masks(images, masks, tmp_path / "masks.png", ["a", "b", "c"]))
-    one_row = _png_size(visualization.plot_masks(images[:1], masks[:1], tmp_path / "mask.png", ["a"]))
+    three_rows = _png_size(plots.plot_masks(images, masks, tmp_path / "masks.png", ["a", "b", "c"]))
+    one_row = _png_size(plots.plot_masks(images[:1], masks[:1], tmp_path / "mask.png", ["a"]))
     assert three_rows[0] == pytest.approx(one_row[0], rel=0.1)  # the same 7 columns: image, fused, 5 parts
     assert three_rows[1] > 2 * one_row[1]
     with pytest.raises(ValueError, match=r"2 images but masks for 3"):
-        visualization.plot_masks(images[:2], masks, tmp_path / "bad.png")
+        plots.plot_masks(images[:2], masks, tmp_path / "bad.png")
 
 
 def test_training_curves_from_log_records(tmp_path):
@@ -67,16 +67,16 @@ def test_training_curves_from_log_records(tmp_path):
             }
         )
     records.append({"kind": "eval", "epoch": 3, "step": 0, "global_step": 6, "rank1": 0.5, "mAP": 0.3, "mINP": 0.1})
-    drawn = _pixels(visualization.plot_training_curves(records, tmp_path / "curves.png"))
+    drawn = _pixels(plots.plot_training_curves(records, tmp_path / "curves.png"))
     assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 10  # more than a blank canvas and text
     faster = [{**r, "total": r["total"] / 2} if r["kind"] != "eval" else r for r in records]
-    assert not np.array_equal(drawn, _pixels(visualization.plot_training_curves(faster, tmp_path / "other.png")))
+    assert not np.array_equal(drawn, _pixels(plots.plot_training_curves(faster, tmp_path / "other.png")))
     with pytest.raises(ValueError, match="no training records"):
-        visualization.plot_training_curves(records[-1:], tmp_path / "none.png")
+        plots.plot_training_curves(records[-1:], tmp_path / "none.png")
 
 
 def test_cmc_plot(tmp_path):
-    assert visualization.plot_cmc(
+    assert plots.plot_cmc(
         {"PAN": [0.4, 0.6, 0.7, 0.9], "PCB": [0.3, 0.5, 0.8, 0.85]}, tmp_path / "cmc.png"
     ).is_file()
 
@@ -95,19 +95,19 @@ def test_ranked_gallery_follows_the_protocol(tmp_path):
     gallery = [("g", 1, 0), ("g", 1, 1), ("g", 2, 0), ("g", 3, 1)]
     distances = np.array([[0.1, 0.5, 0.3, 0.2], [0.4, 0.3, 0.9, 0.1]])
     # query 0 (pid 1, camera 0) never sees gallery 0 (same pid, same camera)
-    assert visualization.ranked_gallery(distances, query, gallery, top_k=3) == [[3, 2, 1], [3, 1, 0]]
+    assert plots.ranked_gallery(distances, query, gallery, top_k=3) == [[3, 2, 1], [3, 1, 0]]
 
 
 def test_retrieval_strips(tmp_path):
     gallery = _items(tmp_path, [1, 1, 2, 2, 3], [0, 1, 0, 1, 0])
     query = _items(tmp_path, [1, 2], [2, 2])
     distances = np.random.default_rng(1).random((2, 5))
-    path = visualization.plot_retrieval(
+    path = plots.plot_retrieval(
         distances, query, gallery, tmp_path / "retrieval.png", [0, 1], top_k=3, size=(32, 16)
     )
     assert path.is_file()
     with pytest.raises(ValueError, match=r"\(2, 4\) do not match 2 queries x 5 gallery"):
-        visualization.plot_retrieval(distances[:, :4], query, gallery, tmp_path / "bad.png", [0])
+        plots.plot_retrieval(distances[:, :4], query, gallery, tmp_path / "bad.png", [0])
 
 
 def _pixels(path):
@@ -122,9 +122,9 @@ def test_mask_figure_shows_the_masks_it_is_given(tmp_path):
     masks = torch.randn(2, 4, 8, 4, generator=torch.Generator().manual_seed(0))
     changed = masks.clone()
     changed[:, 2] = changed[:, 2].flip(1)  # part 3 upside down
-    first = _pixels(visualization.plot_masks(images, masks, tmp_path / "a.png"))
-    again = _pixels(visualization.plot_masks(images, masks, tmp_path / "b.png"))
-    other = _pixels(visualization.plot_masks(images, changed, tmp_path / "c.png"))
+    first = _pixels(plots.plot_masks(images, masks, tmp_path / "a.png"))
+    again = _pixels(plots.plot_masks(images, masks, tmp_path / "b.png"))
+    other = _pixels(plots.plot_masks(images, changed, tmp_path / "c.png"))
     assert np.array_equal(first, again)
     columns = np.flatnonzero(np.abs(first - other).sum(axis=(0, 2)))
     # the figure's six columns: image, fused, parts 1-4. The changed pixels form two runs of
@@ -136,7 +136,7 @@ def test_mask_figure_shows_the_masks_it_is_given(tmp_path):
 
 def test_cmc_plot_draws_its_curves(tmp_path):
     curves = {"PAN": [0.4, 0.6, 0.7, 0.9], "PCB": [0.3, 0.5, 0.8, 0.85]}
-    drawn = _pixels(visualization.plot_cmc(curves, tmp_path / "a.png"))
-    moved = _pixels(visualization.plot_cmc({**curves, "PCB": [0.1, 0.2, 0.3, 0.4]}, tmp_path / "b.png"))
+    drawn = _pixels(plots.plot_cmc(curves, tmp_path / "a.png"))
+    moved = _pixels(plots.plot_cmc({**curves, "PCB": [0.1, 0.2, 0.3, 0.4]}, tmp_path / "b.png"))
     assert len(np.unique(drawn.reshape(-1, 3), axis=0)) > 10  # more than a blank canvas and text
     assert not np.array_equal(drawn, moved)

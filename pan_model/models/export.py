@@ -18,7 +18,7 @@ from torch import nn
 
 import pan_ops
 
-from .models import eval_mode
+from . import eval_mode
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"

@@ -1,0 +1,39 @@
+"""The package's layout: rooms in the order the data goes through them, and the old names of
+moved modules still importing, with a warning."""
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import pan_model
+
+PACKAGE = Path(pan_model.__file__).parent
+
+
+def test_top_level_holds_the_rooms_and_the_drivers_only():
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert modules == {"__init__", "cli", "config", "demo"}
+    assert {"data", "models", "engine", "evaluation", "reporting"} <= rooms
+
+
+@pytest.mark.parametrize("old,new", sorted(pan_model.MOVED_MODULES.items()))
+def test_moved_module_imports_under_its_old_name_with_a_warning(old, new):
+    # a fresh interpreter: in this one the old name may be imported already, and warns once only
+    code = (
+        "import importlib, warnings\n"
+        "warnings.simplefilter('error')\n"
+        f"new = importlib.import_module({new!r})\n"
+        "try:\n"
+        f"    importlib.import_module({old!r})\n"
+        "except DeprecationWarning as warning:\n"
+        "    print(warning)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == f"{old} is deprecated: import {new}"
+    with pytest.warns(DeprecationWarning):
+        sys.modules.pop(old, None)
+        assert importlib.import_module(old) is importlib.import_module(new)
