@@ -4,6 +4,7 @@ the matrix product alone (the floor) and against ranking the whole distance matr
 
     python -m benchmarks.bench_eval_scale                       # the issue's size, all three cases
     python -m benchmarks.bench_eval_scale --queries 2000 --gallery 20000 --cases blocks whole
+    python -m benchmarks.bench_eval_scale --metric cosine       # the distances' other gallery preparation
 
 Each case runs in a fresh interpreter on the same features (random, with planted matches:
 every query is a noisy copy of a gallery image of its identity seen by another camera), so
@@ -50,7 +51,7 @@ def _resident_bytes(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def run_case(case: str, num_query: int, num_gallery: int, dim: int, query_block) -> dict:
+def run_case(case: str, num_query: int, num_gallery: int, dim: int, query_block, metric: str = "euclidean") -> dict:
     """One case in this process: seconds and peak memory beyond the features."""
     from pan_model import metrics
     from pan_model.evaluation import evaluate_features
@@ -65,9 +66,9 @@ def run_case(case: str, num_query: int, num_gallery: int, dim: int, query_block)
             query[start : start + metrics.DISTANCE_CHUNK_ROWS] @ gallery.T
         scores = {}
     elif case == "blocks":
-        scores = evaluate_features(query, gallery, *labels, query_block=query_block)
+        scores = evaluate_features(query, gallery, *labels, metric=metric, query_block=query_block)
     else:  # the whole [Q, G] matrix, then the ranking
-        cmc, mean_ap, mean_inp = metrics.evaluate_rank(metrics.compute_distance_matrix(query, gallery), *labels)
+        cmc, mean_ap, mean_inp = metrics.evaluate_rank(metrics.compute_distance_matrix(query, gallery, metric), *labels)
         scores = {"rank1": float(cmc[0]), "mAP": mean_ap, "mINP": mean_inp}
     seconds = time.perf_counter() - started
     extra = _resident_bytes("VmHWM") - baseline
@@ -84,23 +85,24 @@ def main(argv=None) -> int:
     parser.add_argument("--dim", type=int, default=512 + 14 * 256)
     parser.add_argument("--query-block", type=int, default=None, help="evaluate_features' query_block (default: its own)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--case", choices=CASES, help=argparse.SUPPRESS)  # one case, in this process
     args = parser.parse_args(argv)
     size = (args.queries, args.gallery, args.dim, args.query_block)
     if args.case:
-        print(json.dumps(run_case(args.case, *size)))
+        print(json.dumps(run_case(args.case, *size, args.metric)))
         return 0
     results = []
     for case in args.cases:
         command = [sys.executable, "-m", "benchmarks.bench_eval_scale", "--case", case, "--queries", str(args.queries),
-                   "--gallery", str(args.gallery), "--dim", str(args.dim)]  # fmt: skip
+                   "--gallery", str(args.gallery), "--dim", str(args.dim), "--metric", args.metric]  # fmt: skip
         if args.query_block:
             command += ["--query-block", str(args.query_block)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     floor = next((r["seconds"] for r in results if r["case"] == "matmul"), None)
-    print(f"{args.queries} queries x {args.gallery} gallery, {args.dim}-d float32; torch {torch.__version__}, "
+    print(f"{args.queries} queries x {args.gallery} gallery, {args.dim}-d float32, {args.metric}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")  # fmt: skip
     print("| case | seconds | x matmul | peak memory beyond the features (GiB) | Rank-1 | mAP | mINP |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -110,7 +112,7 @@ def main(argv=None) -> int:
         print(f"| {r['case']} | {r['seconds']:.1f} | {ratio} | {r['peak_extra_gib']:.2f} | {scores} |")
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"size": size, "results": results}, handle, indent=2)
+            json.dump({"size": size, "metric": args.metric, "results": results}, handle, indent=2)
     return 0
 
 

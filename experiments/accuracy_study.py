@@ -30,6 +30,7 @@ import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -146,22 +147,23 @@ def run(
     if scale != 1:
         config = apply_overrides(config, scaled_schedule(config, scale))
     checkpoint, record = folder / CHECKPOINT_NAME, folder / "study.json"
-    done = trained_epochs(checkpoint, config)
+    progress = saved_progress(checkpoint, config)
     result = {"model": name, "seed": seed, "epochs": config.train.epochs, "seconds": 0.0, "stages": []}
-    if done and record.is_file():
+    if progress.started and record.is_file():
         result = json.loads(record.read_text())
     scored = {stage["epoch"] for stage in result["stages"]}
     if any(key in result for key in QUERY_SETS):
         scored.add(config.train.epochs)
     for epochs in [*sorted(e for e in stages if e < config.train.epochs), config.train.epochs]:
-        if epochs < done or epochs in scored:
+        if progress.passed(epochs) or epochs in scored:
             continue  # reached in an earlier process (scored then, or lost with it)
         started = time.perf_counter()
-        if epochs > done:
-            summary = train(apply_overrides(config, [f"train.epochs={epochs}"]), resume=checkpoint if done else None)
+        if epochs > progress.epochs:
+            resume = checkpoint if progress.started else None
+            summary = train(apply_overrides(config, [f"train.epochs={epochs}"]), resume=resume)
             if summary["status"] != "finished":
                 raise RuntimeError(f"{folder}: training stopped at epoch {summary['epoch']}; run the study again to go on")
-            done = epochs
+            progress = Progress(epochs)
         final = epochs == config.train.epochs
         scores = evaluate_run(checkpoint, config, folder / ("masks.png" if final else f"masks_epoch{epochs}.png"))
         result["seconds"] += time.perf_counter() - started
@@ -173,16 +175,33 @@ def run(
     return result
 
 
-def trained_epochs(checkpoint: Path, config) -> float:
-    """Epochs that `checkpoint` has trained `config`'s run for: 0 when it does not exist, whole
-    epochs plus a half when it was written inside an epoch. A checkpoint of another run is
-    refused (checkpoint.check_resumable, the trainer's own rule), since going on from it would
-    silently mix two recipes in one row."""
+class Progress(NamedTuple):
+    """How far a run's checkpoint has trained it: `epochs` whole epochs, and some steps of the
+    next when `mid_epoch` (the run was stopped inside an epoch)."""
+
+    epochs: int = 0
+    mid_epoch: bool = False
+
+    @property
+    def started(self) -> bool:
+        """Whether there is training to resume."""
+        return self.epochs > 0 or self.mid_epoch
+
+    def passed(self, epoch: int) -> bool:
+        """Whether the run has gone beyond the end of `epoch`, so that its model there can no
+        longer be scored."""
+        return epoch < self.epochs or (epoch == self.epochs and self.mid_epoch)
+
+
+def saved_progress(checkpoint: Path, config) -> Progress:
+    """How far `checkpoint` has trained `config`'s run (none when it does not exist). A
+    checkpoint of another run is refused (checkpoint.check_resumable, the trainer's own rule),
+    since going on from it would silently mix two recipes in one row."""
     if not checkpoint.is_file():
-        return 0
+        return Progress()
     state = load_checkpoint(checkpoint, mmap=True)
     check_resumable(state, config, state["num_classes"], checkpoint)
-    return state["epoch"] + (0.5 if state["step_in_epoch"] else 0)
+    return Progress(state["epoch"], state["step_in_epoch"] > 0)
 
 
 # Query sets in the order their columns appear (the synthetic set has two, real datasets one).

@@ -304,11 +304,13 @@ def _build(cls: type, tree: Any, prefix: str):
             values[name] = _coerce(tree[name], kind, f"{prefix}{name}")
             _check_rule(values[name], spec.metadata, f"{prefix}{name}")
     built = cls(**values)
-    if isinstance(built, DataConfig) and built.batch_size % built.num_instances:
-        raise ConfigError(
-            f"{prefix}batch_size={built.batch_size} must be a multiple of {prefix}num_instances={built.num_instances} "
-            "(PK batches: identities x images per identity)"
-        )
+    if isinstance(built, DataConfig):  # the sampler's rule, checked at load time
+        from .data import identities_per_process
+
+        try:
+            identities_per_process(built.batch_size, built.num_instances, prefix=prefix)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     return built
 
 

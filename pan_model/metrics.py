@@ -64,7 +64,7 @@ def distance_blocks(
 ) -> Iterator[torch.Tensor]:
     """The rows of compute_distance_matrix, `block_rows` query rows at a time (the last block
     may be shorter; at least one block): for callers that never hold the whole matrix. The
-    gallery is prepared (its squared norms, or its normalised rows) once for all blocks, and
+    gallery is prepared (its squared norms, or its norms for cosine) once for all blocks, and
     each row comes from the same `chunk_size`-row product as in the whole matrix when
     block_rows is a multiple of chunk_size."""
     if metric not in DISTANCE_METRICS:
@@ -81,8 +81,9 @@ def distance_blocks(
     dtype = torch.float64 if torch.float64 in (query_features.dtype, gallery_features.dtype) else torch.float32
     query_features, gallery_features = query_features.to(dtype), gallery_features.to(dtype)
     if metric == "cosine":
-        query_features = F.normalize(query_features, dim=1)
-        gallery_features = F.normalize(gallery_features, dim=1)
+        # Each product is divided by |g| rather than the gallery normalised, which would be a
+        # copy of it; the clamp is F.normalize's, so a zero row gives distance 1 as there.
+        gallery_norms = _squared_norms(gallery_features).sqrt_().clamp_(min=1e-12)
     else:
         gallery_sq_norms = _squared_norms(gallery_features)
 
@@ -92,12 +93,14 @@ def distance_blocks(
         out = torch.empty(block_stop - block_start, num_gallery, dtype=torch.float32)
         for start in range(block_start, block_stop, chunk_size):
             query = query_features[start : min(start + chunk_size, block_stop)]
+            if metric == "cosine":
+                query = F.normalize(query, dim=1)
             # Off autocast, which would run this product in half precision when the caller
             # extracts features under it: |q|^2 + |g|^2 - 2 q.g cancels most of those bits.
             with torch.autocast(query.device.type, enabled=False):
                 products = query @ gallery_features.T
             if metric == "cosine":
-                chunk = 1.0 - products
+                chunk = 1.0 - products.div_(gallery_norms)
             else:
                 # |q - g|^2 = |q|^2 + |g|^2 - 2 q.g; rounding can dip just below zero.
                 chunk = (query.pow(2).sum(1, keepdim=True) + gallery_sq_norms - 2.0 * products).clamp_(min=0)

@@ -101,3 +101,11 @@ def test_study_goes_on_from_what_a_killed_study_left(tmp_path):
 
     other = run_study([*args, "loss.triplet_weight=0.5"], tmp_path, timeout=600)
     assert other.returncode != 0 and "loss.triplet_weight: 1.0 in the checkpoint, 0.5 now" in other.stderr
+
+
+def test_a_checkpoint_written_inside_an_epoch_is_past_that_epochs_end():
+    from experiments.accuracy_study import Progress
+
+    assert not Progress().started and Progress(0, mid_epoch=True).started  # something to resume
+    assert [Progress(2).passed(epoch) for epoch in (1, 2, 3)] == [True, False, False]  # 2 can still be scored
+    assert [Progress(2, mid_epoch=True).passed(epoch) for epoch in (1, 2, 3)] == [True, True, False]  # 2 is gone

@@ -58,7 +58,7 @@ CASES = [
     (["train", SMOKE, "train.epochs=-1"], USAGE, "train.epochs: must be >= 1, got -1"),
     (["train", SMOKE, "optim.lr=fast"], USAGE, "optim.lr: expected float, got 'fast'"),
     (["train", SMOKE, "data.dataset=market"], USAGE, "data.dataset: 'market' is not a valid choice (did you mean market1501?"),
-    (["train", SMOKE, "data.batch_size=7"], USAGE, "data.batch_size=7 must be a multiple of data.num_instances=2"),
+    (["train", SMOKE, "data.batch_size=7"], USAGE, "data.batch_size=7 must be a positive multiple of data.num_instances=2"),
     (["train", SMOKE, "model.arch=pcv", "--output-dir", "{run}"], USAGE, "did you mean pcb?"),
     (["train", SMOKE, "--epochs", "3"], USAGE, "unrecognized arguments: --epochs"),
     (["train", SMOKE, "data.dataset=custom", "data.root={missing}", "--output-dir", "{run}"], INPUT, "missing does not exist"),

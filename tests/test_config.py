@@ -64,6 +64,7 @@ def test_unknown_key_names_the_key_and_suggests(tmp_path):
         ("model.arch.deeper=1", r"model\.arch is a value, not a section"),
         ("train.epochs", r"not of the form section\.key=value"),
         ("train.compile=yes please", r"train\.compile: expected bool"),
+        ("data.batch_size=10", r"data\.batch_size=10 must be a positive multiple of data\.num_instances=4"),
     ],
 )
 def test_bad_values_raise_clear_errors(override, message):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pan_model.metrics import compute_distance_matrix, evaluate_rank, re_ranking
+from pan_model.metrics import compute_distance_matrix, distance_blocks, evaluate_rank, re_ranking
 
 
 # ---- references: the protocol written out one query at a time ------------------------------
@@ -151,6 +151,44 @@ def test_distance_matrix_is_computed_in_full_precision_under_autocast(metric):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         result = compute_distance_matrix(query, gallery, metric)
     torch.testing.assert_close(result, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cosine_distances_match_a_float64_reference_in_any_blocks():
+    rng = np.random.default_rng(7)
+    query = rng.standard_normal((37, 53)) * rng.uniform(0.01, 100, (37, 1))  # norms far from 1
+    gallery = rng.standard_normal((211, 53)) * rng.uniform(0.01, 100, (211, 1))
+    query[5] = gallery[17] = 0  # F.normalize's convention: a zero row is at distance 1
+    norms = [np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) for x in (query, gallery)]
+    expected = 1 - (query / norms[0]) @ (gallery / norms[1]).T
+    for dtype in (torch.float32, torch.float64):
+        q, g = torch.from_numpy(query).to(dtype), torch.from_numpy(gallery).to(dtype)
+        for block_rows, chunk_size in ((37, 256), (10, 3), (1, 1)):
+            result = torch.cat(list(distance_blocks(q, g, "cosine", block_rows, chunk_size)))
+            assert result.dtype == torch.float32 and result.shape == expected.shape
+            np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-6)
+
+
+def peak_cpu_bytes(function) -> int:
+    """Most bytes held at once by the tensors `function` allocates (torch's CPU allocator, as
+    the profiler records it: allocations in ops, frees as [memory] events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        function()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_distances_never_copy_the_gallery(metric):
+    generator = torch.Generator().manual_seed(2)
+    # A gallery of 4 of the 4,096-row slices its norms are taken in (8.4 MB); the result is 0.5 MB.
+    query, gallery = torch.randn(8, 128, generator=generator), torch.randn(16384, 128, generator=generator)
+    peak = peak_cpu_bytes(lambda: compute_distance_matrix(query, gallery, metric, chunk_size=8))
+    assert 8 * 16384 * 4 <= peak < gallery.numel() * gallery.element_size() / 2  # the measure sees the result
 
 
 def test_distance_matrix_rejects_bad_input():

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from pan_model.data import PKSampler
+from pan_model.data import PKSampler, identities_per_process
 
 
 def random_items(seed, num_ids, min_images, max_images):
@@ -132,5 +132,14 @@ def test_bad_arguments_are_clear_errors():
         PKSampler(items, 2, 16)
     with pytest.raises(ValueError, match=r"rank=2 must lie in \[0, world_size=2\)"):
         PKSampler(items, 2, 4, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="the 3 identities of a batch cannot be shared as whole identities among world_size=2"):
+    with pytest.raises(ValueError, match="batch_size=6 with num_instances=2 cannot be split over 2 processes: the 3 identities"):
         PKSampler(items, 2, 6, rank=0, world_size=2)
+
+
+def test_identities_per_process_shares_whole_identities_at_least_as_many_as_asked():
+    assert identities_per_process(48, 4, 3) == 4
+    assert identities_per_process(8, 4, at_least=2) == 2
+    with pytest.raises(ValueError, match=r"data.batch_size=4 with data.num_instances=4 cannot be split over 1 process: .* at least 8"):
+        identities_per_process(4, 4, at_least=2, prefix="data.")
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive multiple of num_instances=4"):
+        identities_per_process(0, 4)

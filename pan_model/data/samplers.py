@@ -10,6 +10,31 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 
+def identities_per_process(
+    batch_size: int, num_instances: int, world_size: int = 1, *, at_least: int = 1, prefix: str = ""
+) -> int:
+    """Identities each of `world_size` processes gets of a PK batch: batch_size images are
+    P = batch_size / num_instances identities, shared as whole identities, at least `at_least`
+    per process. The one statement of this rule: PKSampler, the training loaders and the
+    config check call it. A ValueError names the arguments, `prefix` ("data.") as the caller's
+    user knows them."""
+    batch, instances = f"{prefix}batch_size", f"{prefix}num_instances"
+    if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
+        raise ValueError(
+            f"{batch}={batch_size} must be a positive multiple of {instances}={num_instances} "
+            "(a PK batch is identities x images per identity)"
+        )
+    identities = batch_size // num_instances
+    if identities % world_size or identities < at_least * world_size:
+        raise ValueError(
+            f"{batch}={batch_size} with {instances}={num_instances} cannot be split over {world_size} "
+            f"process{'es' if world_size > 1 else ''}: the {identities} identities of a batch must be shared as "
+            f"whole identities, at least {at_least} each, so {batch} must be a multiple of "
+            f"{num_instances * world_size} (num_instances x processes) and at least {at_least * num_instances * world_size}"
+        )
+    return identities // world_size
+
+
 class PKSampler(Sampler):
     """Indices of `items` ((img_path, pid, camid) tuples) in batches of P = batch_size / K
     distinct identities with K = num_instances images each.
@@ -40,21 +65,13 @@ class PKSampler(Sampler):
         world_size: Optional[int] = None,
         rounds: Optional[int] = None,
     ):
-        if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
-            raise ValueError(
-                f"PKSampler: batch_size={batch_size} must be a positive multiple of num_instances={num_instances}"
-            )
         if world_size is None:
             world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if rank is None:
             rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         if not 0 <= rank < world_size:
             raise ValueError(f"PKSampler: rank={rank} must lie in [0, world_size={world_size})")
-        if (batch_size // num_instances) % world_size:
-            raise ValueError(
-                f"PKSampler: the {batch_size // num_instances} identities of a batch cannot be shared as whole "
-                f"identities among world_size={world_size} processes"
-            )
+        identities_per_share = identities_per_process(batch_size, num_instances, world_size)
         indices_of = {}
         for index, item in enumerate(items):
             indices_of.setdefault(int(item[1]), []).append(index)
@@ -62,7 +79,7 @@ class PKSampler(Sampler):
         self.num_instances = num_instances
         self.batch_size = batch_size
         self.num_identities_per_batch = batch_size // num_instances
-        self.share = batch_size // world_size  # images per process per batch
+        self.share = identities_per_share * num_instances  # images per process per batch
         if len(self.identity_indices) < self.num_identities_per_batch:
             raise ValueError(
                 f"PKSampler: a batch of {batch_size} = {self.num_identities_per_batch} identities x {num_instances} "

@@ -171,20 +171,18 @@ def build_test_loaders(config: Config):
 
 
 def per_process_batch(config: Config, world_size: int) -> int:
-    """Images each of `world_size` processes trains on per step. data.batch_size is P
-    identities x data.num_instances images; every process gets P / world_size whole
-    identities, at least two, since the batch-hard triplet loss looks for each anchor's
-    negative among its own process's images."""
-    batch_size, instances = config.data.batch_size, config.data.num_instances
-    identities, remainder = divmod(batch_size, instances)
-    if remainder or identities % world_size or identities < 2 * world_size:
-        raise ConfigError(
-            f"data.batch_size={batch_size} with data.num_instances={instances} cannot be split over "
-            f"{world_size} process{'es' if world_size > 1 else ''}: each needs whole identities, at least 2 "
-            f"(the triplet loss needs a negative), so data.batch_size must be a multiple of "
-            f"{instances * world_size} (num_instances x processes) and at least {2 * instances * world_size}"
-        )
-    return batch_size // world_size
+    """Images each of `world_size` processes trains on per step: its P / world_size whole
+    identities of data.num_instances images (data.identities_per_process), at least two,
+    since the batch-hard triplet loss looks for each anchor's negative among its own
+    process's images."""
+    from .. import data
+
+    cfg = config.data
+    try:
+        identities = data.identities_per_process(cfg.batch_size, cfg.num_instances, world_size, at_least=2, prefix="data.")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return identities * cfg.num_instances
 
 
 def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
