@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pan_model.metrics import compute_distance_matrix, evaluate_rank
+from pan_model.evaluation.metrics import compute_distance_matrix, evaluate_rank
 
 NUM_QUERY, NUM_GALLERY, NUM_IDS, NUM_CAMS = 3368, 15913, 750, 6
 

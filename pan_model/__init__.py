@@ -24,7 +24,9 @@ def build_model(arch: str, num_classes: int, **options):
 # Modules that moved into the package's rooms in 0.1: their old names still import, with a
 # DeprecationWarning, and will be removed in a later release.
 MOVED_MODULES = {
+    "pan_model.diagnostics": "pan_model.evaluation.diagnostics",
     "pan_model.export": "pan_model.models.export",
+    "pan_model.metrics": "pan_model.evaluation.metrics",
     "pan_model.profiling": "pan_model.reporting.profiling",
     "pan_model.visualization": "pan_model.reporting.plots",
 }

@@ -149,7 +149,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    metric: str = _rule("euclidean", choices="pan_model.metrics:DISTANCE_METRICS")  # euclidean | sqeuclidean | cosine
+    metric: str = _rule("euclidean", choices="pan_model.evaluation.metrics:DISTANCE_METRICS")  # euclidean | sqeuclidean | cosine
     flip: bool = False  # average features of the image and its mirror
     rerank: bool = False  # k-reciprocal re-ranking
 

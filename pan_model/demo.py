@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 import torch
 
 from .backbones import fetch_imagenet_weights
+from .data import prepare_dataset
 from .config import CONFIG_DIR, Config, apply_overrides, load_config
 from .engine.checkpoint import load_model
-from .engine.loaders import prepare_dataset
 from .engine.run_log import LOG_NAME
 from .engine.trainer import CHECKPOINT_NAME, select_device, train
 from .reporting import chance_rank1, scores_table, write_figures
@@ -50,7 +50,7 @@ def run_demo(config_path: "str | Path | None", output_dir: str, overrides: Seque
         f"PAN demo on {'a GPU' if gpu else 'the CPU'}: {config_path.name}, output in {config.output_dir}/", flush=True
     )
     config = pretrained_or_random(config)
-    dataset = prepare_dataset(config)
+    dataset = prepare_dataset(config.data)
     print(
         f"synthetic occluded dataset in {config.data.root}: {dataset.num_train_pids} training identities "
         f"({len(dataset.train)} images), {len(dataset.query)} queries, {len(dataset.gallery)} gallery images",

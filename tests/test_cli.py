@@ -106,7 +106,7 @@ def test_figures_show_the_evaluation_as_configured(trained_run, tmp_path, monkey
     """With eval.flip and eval.rerank on, cmc.png draws the CMC that `pan-reid eval` reports
     for the same settings, and retrieval.png ranks by the distances that CMC came from."""
     from pan_model.reporting import plots
-    from pan_model.metrics import evaluate_rank
+    from pan_model.evaluation.metrics import evaluate_rank
 
     drawn = {}
     plot_cmc, plot_retrieval = plots.plot_cmc, plots.plot_retrieval

@@ -20,9 +20,10 @@ import torch.multiprocessing as mp
 
 from pan_model import build_model
 from pan_model.config import CONFIG_DIR, ConfigError, load_config
+from pan_model.data import prepare_dataset
 from pan_model.engine import Trainer, distributed, load_checkpoint, train
 from pan_model.engine.distributed import DistributedContext
-from pan_model.engine.loaders import build_run_data, per_process_batch, prepare_dataset
+from pan_model.engine.loaders import build_run_data, per_process_batch
 from pan_model.engine.run_log import read_log
 from pan_model.models import unwrap_model
 
@@ -82,7 +83,7 @@ def _request_stop_in_step(trainer: Trainer, step: int) -> None:
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    prepare_dataset(_config(root, root))  # generated once, before any process starts
+    prepare_dataset(_config(root, root).data)  # generated once, before any process starts
     return root
 
 

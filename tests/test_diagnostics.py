@@ -1,4 +1,4 @@
-"""pan_model.diagnostics: mask statistics on masks whose answers are worked out by hand, slice
+"""pan_model.evaluation.diagnostics: mask statistics on masks whose answers are worked out by hand, slice
 scores against evaluations of hand-cut feature columns, and part-vs-GAP on models where a part
 is GAP by construction."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pan_model
-from pan_model.diagnostics import mask_statistics, part_diagnostics, slice_scores
+from pan_model.evaluation.diagnostics import mask_statistics, part_diagnostics, slice_scores
 from pan_model.evaluation import evaluate_features
 from pan_model.models import get_masks
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from pan_model import metrics
+from pan_model.evaluation import metrics
 from pan_model.evaluation import evaluate, evaluate_features, extract_features
-from pan_model.metrics import compute_distance_matrix, evaluate_rank, re_ranking
+from pan_model.evaluation.metrics import compute_distance_matrix, evaluate_rank, re_ranking
 
 
 class ColumnModel(nn.Module):
@@ -122,7 +122,7 @@ def test_query_blocks_give_the_whole_matrix_scores_to_the_last_digit(metric, mon
             requested_rows.append(block.shape[0])
             yield block
 
-    monkeypatch.setattr("pan_model.metrics.distance_blocks", recorded)
+    monkeypatch.setattr("pan_model.evaluation.metrics.distance_blocks", recorded)
     for block in (1, 256, 300, 700, None):
         requested_rows.clear()
         scores = evaluate_features(query, gallery, *labels, metric=metric, query_block=block)
@@ -144,17 +144,17 @@ def test_flipped_features_score_the_same_in_blocks():
 
 
 def test_re_ranking_that_would_not_fit_is_refused_with_what_it_needs(monkeypatch):
-    from pan_model.metrics import check_re_ranking_memory
+    from pan_model.evaluation.metrics import check_re_ranking_memory
 
-    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 24 << 30)
+    monkeypatch.setattr("pan_model.evaluation.metrics.available_memory_bytes", lambda: 24 << 30)
     # 10,000 x 100,000: the (Q + G)^2 float32 matrix alone is 45 GiB
     with pytest.raises(MemoryError, match=r"10000 queries against 100000 gallery images needs about 1\d\d\.\d GiB .* 24\.0 GiB available"):
         check_re_ranking_memory(10_000, 100_000)
     query, gallery, *labels = block_problem(seed=5, num_query=300, num_gallery=400)
-    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 1 << 20)
+    monkeypatch.setattr("pan_model.evaluation.metrics.available_memory_bytes", lambda: 1 << 20)
     with pytest.raises(MemoryError, match="re-ranking 300 queries against 400 gallery images"):
         evaluate_features(query, gallery, *labels, rerank=True)
-    monkeypatch.setattr("pan_model.metrics.available_memory_bytes", lambda: 1 << 40)
+    monkeypatch.setattr("pan_model.evaluation.metrics.available_memory_bytes", lambda: 1 << 40)
     assert 0 < evaluate_features(query, gallery, *labels, rerank=True)["mAP"] <= 1
 
 
@@ -163,6 +163,6 @@ def test_the_gallery_is_prepared_once_for_all_query_blocks(monkeypatch):
     query, gallery, *labels = block_problem(seed=3)
     calls = []
     real = metrics._squared_norms
-    monkeypatch.setattr("pan_model.metrics._squared_norms", lambda features: calls.append(len(features)) or real(features))
+    monkeypatch.setattr("pan_model.evaluation.metrics._squared_norms", lambda features: calls.append(len(features)) or real(features))
     evaluate_features(query, gallery, *labels, query_block=1)  # 3 blocks of 256 rows
     assert calls == [len(gallery)]

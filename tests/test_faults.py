@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from pan_model.config import load_config
+from pan_model.data import prepare_dataset
 from pan_model.engine import load_checkpoint, train
 from pan_model.engine.checkpoint import CheckpointError
-from pan_model.engine.loaders import prepare_dataset
 from pan_model.engine.run_log import read_log
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +65,7 @@ def test_kill_9_anywhere_then_resume_repeats_the_uninterrupted_run(tmp_path):
     plan = kill_plan(random.Random(seed))
     context = f"PAN_FAULT_SEED={seed}, plan {plan}"
     dataset_root = tmp_path / "data"
-    prepare_dataset(load_config(SMOKE, [f"data.root={dataset_root}"]))  # generated once, before the runs
+    prepare_dataset(load_config(SMOKE, [f"data.root={dataset_root}"]).data)  # generated once, before the runs
 
     assert run_training(dataset_root, tmp_path / "reference", {"point": None}) == 0
     run = tmp_path / "killed"

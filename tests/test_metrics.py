@@ -1,10 +1,10 @@
-"""pan_model.metrics against straightforward per-query / per-image references."""
+"""pan_model.evaluation.metrics against straightforward per-query / per-image references."""
 
 import numpy as np
 import pytest
 import torch
 
-from pan_model.metrics import compute_distance_matrix, distance_blocks, evaluate_rank, re_ranking
+from pan_model.evaluation.metrics import compute_distance_matrix, distance_blocks, evaluate_rank, re_ranking
 
 
 # ---- references: the protocol written out one query at a time ------------------------------

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pan_model import cli
 from pan_model.data import build_dataset, synthetic
-from pan_model.metrics import compute_distance_matrix, evaluate_rank
+from pan_model.evaluation.metrics import compute_distance_matrix, evaluate_rank
 
 SMALL = dict(num_ids=14, num_distractors=7, height=48, width=24, num_cameras=5)
 

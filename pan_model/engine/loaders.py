@@ -127,20 +127,6 @@ class RunData:
         return self.dataset.num_train_pids
 
 
-def prepare_dataset(config: Config):
-    """The dataset named by ``config.data``. A synthetic one is generated when
-    ``data.synthetic`` describes it (the generator reuses a folder already holding exactly
-    that dataset), or with the generator's defaults when ``data.root`` is still empty."""
-    from .. import data
-
-    root = Path(config.data.root)
-    if config.data.dataset == "synthetic" and (config.data.synthetic or not any(root.glob("*/*.jpg"))):
-        from ..data import synthetic
-
-        synthetic.generate(root, **config.data.synthetic)
-    return data.build_dataset(config.data.dataset, root)
-
-
 def _loader_options(num_workers: int, pin_memory: bool) -> dict:
     # A private generator per loader: creating an iterator must not consume the global torch stream.
     return dict(
@@ -166,7 +152,7 @@ def build_test_loader(config: Config, items, pin_memory: bool = False) -> DataLo
 def build_test_loaders(config: Config):
     """The dataset of `config` with loaders of its query and its gallery: what evaluating a
     trained model on that dataset needs."""
-    dataset = prepare_dataset(config)
+    dataset = data.prepare_dataset(config.data)
     return dataset, build_test_loader(config, dataset.query), build_test_loader(config, dataset.gallery)
 
 
@@ -190,7 +176,7 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
 
     cfg = config.data
     batch_size = per_process_batch(config, context.world_size)
-    dataset = prepare_dataset(config)
+    dataset = data.prepare_dataset(config.data)
     train_set = data.ImageDataset(
         dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment)
     )

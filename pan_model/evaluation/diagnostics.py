@@ -31,9 +31,9 @@ from typing import Iterable
 
 import torch
 
-from .evaluation import evaluate_features, extract_features
-from .losses import mask_correlations, mask_overlaps
-from .models import eval_mode, unwrap_model
+from .retrieval import evaluate_features, extract_features
+from ..losses import mask_correlations, mask_overlaps
+from ..models import eval_mode, unwrap_model
 
 
 @torch.no_grad()

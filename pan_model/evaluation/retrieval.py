@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .models import eval_mode
+from ..models import eval_mode
 
 REPORTED_RANKS = (1, 5, 10)
 
