@@ -55,8 +55,8 @@ class ModelConfig:
     """Options of pan_model.build_model; null (None) leaves the architecture's own default
     (PAN: 14 parts, shared FC; PCB: 6 stripes, one FC per stripe)."""
 
-    arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")  # "pan" | "pcb" | "global"
-    backbone: str = _rule("resnet50", choices="pan_model.backbones:BACKBONES")  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")
+    backbone: str = _rule("resnet50", choices="pan_model.backbones:BACKBONES")
     num_parts: Optional[int] = _rule(None, low=1)  # P
     local_dim: Optional[int] = _rule(None, low=1)  # n_l
     global_dim: Optional[int] = _rule(None, low=1)  # N_g
@@ -102,7 +102,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = _rule("adam", choices="pan_model.engine.optim:OPTIMIZERS")  # adam | adamw | sgd
+    name: str = _rule("adam", choices="pan_model.engine.optim:OPTIMIZERS")
     lr: float = _rule(3.5e-4, above=0.0)
     weight_decay: float = _rule(5e-4, low=0.0)
     momentum: float = _rule(0.9, low=0.0)  # sgd only

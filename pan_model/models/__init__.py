@@ -13,12 +13,18 @@ import inspect
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .base import ReIDModel
 from .global_model import GlobalModel
 from .pan import PAN
 from .pcb import PCB
 
-ARCHITECTURES = {"pan": PAN, "pcb": PCB, "global": GlobalModel}
+# An architecture is a ReIDModel class taking (num_classes, **options). Registered here rather
+# than in each module: this order is the one error messages list.
+ARCHITECTURES: Registry[type[ReIDModel]] = Registry("arch")
+ARCHITECTURES.add("pan", PAN)
+ARCHITECTURES.add("pcb", PCB)
+ARCHITECTURES.add("global", GlobalModel)
 
 # Every option any architecture accepts, at PAN's defaults. A shared config may pass all of
 # them to every architecture: options an architecture does not use are dropped when left at
@@ -31,13 +37,12 @@ OPTION_DEFAULTS = {
 
 
 def build_model(arch: str, num_classes: int, **options) -> ReIDModel:
-    """Build "pan", "pcb" or "global" with `options` (see OPTION_DEFAULTS and each class)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+    """Build the architecture registered as `arch` (ARCHITECTURES) with `options` (see
+    OPTION_DEFAULTS and each class)."""
+    cls = ARCHITECTURES.get(arch)
     unknown = sorted(set(options) - set(OPTION_DEFAULTS))
     if unknown:
         raise TypeError(f"build_model: unknown option(s) {unknown}; valid options are {sorted(OPTION_DEFAULTS)}")
-    cls = ARCHITECTURES[arch]
     accepted = [name for name in inspect.signature(cls).parameters if name != "num_classes"]
     ignored = {name: value for name, value in options.items() if name not in accepted}
     misused = sorted(name for name, value in ignored.items() if value != OPTION_DEFAULTS[name])
