@@ -27,9 +27,9 @@ import pan_model
 import pan_ops
 from benchmarks.cuda_timer import median_ms
 from pan_model.losses import ReIDLoss
+from pan_model.models import ARCHITECTURES
 from pan_model.reporting.profiling import profile_model
 
-ARCHS = ("pan", "pcb", "global")
 NUM_CLASSES = 751  # Market-1501 training identities
 IMAGES_PER_ID = 4
 
@@ -144,7 +144,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="fewer steps (GPU run in < 90 s)")
-    parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--pool-backend", default="auto", choices=pan_ops.BACKENDS, help="PAN's weighted_pool backend")
     parser.add_argument("--input-size", type=int, nargs=2, default=(256, 128), metavar=("H", "W"))
     parser.add_argument("--json", help="also write the rows to this JSON file")

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
-import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -58,8 +57,8 @@ class ModelConfig:
     per stripe): null here means that default, so a recipe says only what differs and
     switching model.arch switches the defaults too. resolved() fills them in."""
 
-    arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")  # "pan" | "pcb" | "global"
-    backbone: Optional[str] = _rule(None, choices="pan_model.backbones:BACKBONES")  # resnet50 | mobilenetv2_x1_0 | osnet_x1_0 | osnet_x0_75 | osnet_x0_5 | osnet_x0_25
+    arch: str = _rule("pan", choices="pan_model.models:ARCHITECTURES")
+    backbone: Optional[str] = _rule(None, choices="pan_model.backbones:BACKBONES")
     num_parts: Optional[int] = _rule(None, low=1)  # P
     local_dim: Optional[int] = _rule(None, low=1)  # n_l
     global_dim: Optional[int] = _rule(None, low=1)  # N_g
@@ -74,15 +73,11 @@ class ModelConfig:
 
     def resolved(self) -> "ModelConfig":
         """A copy with every option left null that model.arch accepts set to its default."""
-        from .models import ARCHITECTURES
+        from .models import architecture_defaults
 
-        parameters = inspect.signature(ARCHITECTURES[self.arch]).parameters
-        defaults = {
-            name: parameters[name].default
-            for name in (f.name for f in dataclasses.fields(self))
-            if name in parameters and getattr(self, name) is None
-        }
-        return dataclasses.replace(self, **defaults)
+        defaults = architecture_defaults(self.arch)
+        unset = {name: value for name, value in defaults.items() if hasattr(self, name) and getattr(self, name) is None}
+        return dataclasses.replace(self, **unset)
 
     def options(self) -> dict:
         """Keyword arguments of pan_model.build_model: the resolved options that are set, but arch."""
@@ -118,7 +113,7 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = _rule("adam", choices="pan_model.engine.optim:OPTIMIZERS")  # adam | adamw | sgd
+    name: str = _rule("adam", choices="pan_model.engine.optim:OPTIMIZERS")
     lr: float = _rule(3.5e-4, above=0.0)
     weight_decay: float = _rule(5e-4, low=0.0)
     momentum: float = _rule(0.9, low=0.0)  # sgd only

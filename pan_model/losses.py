@@ -6,11 +6,13 @@ All losses compute in float32 whatever the autocast dtype of their inputs.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import Registry
 
 
 def _check_batch(owner: str, name: str, width: str, values: torch.Tensor, targets: torch.Tensor) -> None:
@@ -115,7 +117,24 @@ class MaskOverlapLoss(nn.Module):
         return mask_overlaps(masks)[:, off_diagonal].mean()
 
 
-TRIPLET_FEATURES = ("global", "all")
+# What ReIDLoss(triplet_on=NAME) feeds the triplet loss: a model's training outputs -> [B, d].
+TRIPLET_FEATURES: Registry[Callable[[dict], torch.Tensor]] = Registry(
+    "triplet feature", unknown="ReIDLoss: triplet_on must be one of {choices}, got {name!r}"
+)
+
+
+@TRIPLET_FEATURES.register("global")
+def global_embedding(outputs: dict) -> torch.Tensor:
+    """The global embedding before BN (the paper)."""
+    return outputs["triplet_feature"]
+
+
+@TRIPLET_FEATURES.register("all")
+def global_and_part_embeddings(outputs: dict) -> torch.Tensor:
+    """[global embedding, part embeddings], all before BN."""
+    if "part_embeddings" not in outputs:
+        raise ValueError("ReIDLoss: triplet_on='all' needs the part embeddings of a part model (PAN, PCB)")
+    return torch.cat([outputs["triplet_feature"], outputs["part_embeddings"].flatten(1)], dim=1)
 
 
 class ReIDLoss(nn.Module):
@@ -145,13 +164,11 @@ class ReIDLoss(nn.Module):
         for name, weight in (("mask_decorrelation_weight", mask_decorrelation_weight), ("mask_overlap_weight", mask_overlap_weight)):
             if weight < 0:
                 raise ValueError(f"ReIDLoss: {name} must be >= 0, got {weight}")
-        if triplet_on not in TRIPLET_FEATURES:
-            raise ValueError(f"ReIDLoss: triplet_on must be one of {TRIPLET_FEATURES}, got {triplet_on!r}")
+        self.select_triplet_feature = TRIPLET_FEATURES.get(triplet_on)
         self.identity = CrossEntropyLabelSmooth(label_smoothing)
         self.triplet = BatchHardTripletLoss(triplet_margin)
         self.id_weight = id_weight
         self.triplet_weight = triplet_weight
-        self.triplet_on = triplet_on
         self.mask_terms = {
             name: (module, weight)
             for name, module, weight in (
@@ -167,7 +184,7 @@ class ReIDLoss(nn.Module):
         if local_logits:
             components["id_local"] = torch.stack([self.identity(logits, targets) for logits in local_logits]).mean()
         identity = torch.stack(list(components.values())).mean()
-        components["triplet"] = self.triplet(self._triplet_feature(outputs), targets)
+        components["triplet"] = self.triplet(self.select_triplet_feature(outputs), targets)
         total = self.id_weight * identity + self.triplet_weight * components["triplet"]
         for name, (term, weight) in self.mask_terms.items():
             if "masks" not in outputs:
@@ -178,10 +195,3 @@ class ReIDLoss(nn.Module):
             total = total + weight * components[name]
         components["total"] = total
         return total, {name: value.detach() for name, value in components.items()}
-
-    def _triplet_feature(self, outputs: dict) -> torch.Tensor:
-        if self.triplet_on == "global":
-            return outputs["triplet_feature"]
-        if "part_embeddings" not in outputs:
-            raise ValueError("ReIDLoss: triplet_on='all' needs the part embeddings of a part model (PAN, PCB)")
-        return torch.cat([outputs["triplet_feature"], outputs["part_embeddings"].flatten(1)], dim=1)

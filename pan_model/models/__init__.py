@@ -13,32 +13,42 @@ import inspect
 import torch
 from torch import nn
 
+from ..registry import Registry
 from .base import ReIDModel
 from .global_model import GlobalModel
 from .pan import PAN
 from .pcb import PCB
 
-ARCHITECTURES = {"pan": PAN, "pcb": PCB, "global": GlobalModel}
+# An architecture is a ReIDModel class taking (num_classes, **options). Registered here rather
+# than in each module: this order is the one error messages list.
+ARCHITECTURES: Registry[type[ReIDModel]] = Registry("arch")
+ARCHITECTURES.add("pan", PAN)
+ARCHITECTURES.add("pcb", PCB)
+ARCHITECTURES.add("global", GlobalModel)
+
+
+
+def architecture_defaults(arch: str) -> dict:
+    """The options the architecture registered as `arch` accepts, with their defaults: its
+    class's signature is their one home (the config's null options resolve to them)."""
+    parameters = inspect.signature(ARCHITECTURES.get(arch)).parameters
+    return {name: parameter.default for name, parameter in parameters.items() if name != "num_classes"}
+
 
 # Every option any architecture accepts, at PAN's defaults. A shared config may pass all of
 # them to every architecture: options an architecture does not use are dropped when left at
 # these values and rejected otherwise, so a setting never silently does nothing.
-OPTION_DEFAULTS = {
-    name: parameter.default
-    for name, parameter in inspect.signature(PAN).parameters.items()
-    if name != "num_classes"
-}
+OPTION_DEFAULTS = architecture_defaults("pan")
 
 
 def build_model(arch: str, num_classes: int, **options) -> ReIDModel:
-    """Build "pan", "pcb" or "global" with `options` (see OPTION_DEFAULTS and each class)."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {tuple(ARCHITECTURES)}")
+    """Build the architecture registered as `arch` (ARCHITECTURES) with `options` (see
+    OPTION_DEFAULTS and each class)."""
+    cls = ARCHITECTURES.get(arch)
     unknown = sorted(set(options) - set(OPTION_DEFAULTS))
     if unknown:
         raise TypeError(f"build_model: unknown option(s) {unknown}; valid options are {sorted(OPTION_DEFAULTS)}")
-    cls = ARCHITECTURES[arch]
-    accepted = [name for name in inspect.signature(cls).parameters if name != "num_classes"]
+    accepted = list(architecture_defaults(arch))
     ignored = {name: value for name, value in options.items() if name not in accepted}
     misused = sorted(name for name, value in ignored.items() if value != OPTION_DEFAULTS[name])
     if misused:
@@ -80,4 +90,4 @@ def eval_mode(model: nn.Module):
         model.train(was_training)
 
 
-__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "build_model", "eval_mode", "get_masks", "unwrap_model"]
+__all__ = ["ARCHITECTURES", "GlobalModel", "OPTION_DEFAULTS", "PAN", "PCB", "ReIDModel", "architecture_defaults", "build_model", "eval_mode", "get_masks", "unwrap_model"]
