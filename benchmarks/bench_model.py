@@ -26,7 +26,7 @@ import torch
 import pan_model
 import pan_ops
 from benchmarks.cuda_timer import median_ms
-from pan_model.losses import ReIDLoss
+from pan_model.engine.losses import ReIDLoss
 from pan_model.models import ARCHITECTURES
 from pan_model.reporting.profiling import profile_model
 

@@ -2,7 +2,8 @@
 PCB and global baselines, data, metrics and the training engine.
 
 The sub-packages follow the data: data -> models -> engine (training) -> evaluation ->
-reporting; config.py is the recipe every stage reads, cli.py and demo.py drive them.
+reporting; config.py is the recipe every stage reads, registry.py the name -> builder
+tables they choose from, and cli.py and demo.py drive them.
 """
 
 import importlib
@@ -26,6 +27,7 @@ def build_model(arch: str, num_classes: int, **options):
 MOVED_MODULES = {
     "pan_model.diagnostics": "pan_model.evaluation.diagnostics",
     "pan_model.export": "pan_model.models.export",
+    "pan_model.losses": "pan_model.engine.losses",
     "pan_model.metrics": "pan_model.evaluation.metrics",
     "pan_model.profiling": "pan_model.reporting.profiling",
     "pan_model.visualization": "pan_model.reporting.plots",

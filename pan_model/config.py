@@ -108,7 +108,7 @@ class LossConfig:
     # Not in the paper (notes/accuracy_synthetic.md), off by default:
     mask_decorrelation_weight: float = _rule(0.0, low=0.0)  # the masks' mean squared correlation (losses.MaskDecorrelationLoss)
     mask_overlap_weight: float = _rule(0.0, low=0.0)  # the masks' mean uncentred |m| overlap (losses.MaskOverlapLoss)
-    triplet_on: str = _rule("global", choices="pan_model.losses:TRIPLET_FEATURES")  # global | all: the triplet loss on [global, part embeddings]
+    triplet_on: str = _rule("global", choices="pan_model.engine.losses:TRIPLET_FEATURES")  # global | all: the triplet loss on [global, part embeddings]
 
 
 @dataclass

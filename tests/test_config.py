@@ -133,7 +133,7 @@ def test_a_users_file_starts_from_a_packaged_recipe(tmp_path):
         ("model.arch", "pan_model.models:ARCHITECTURES"),
         ("model.backbone", "pan_model.backbones:BACKBONES"),
         ("optim.name", "pan_model.engine.optim:OPTIMIZERS"),
-        ("loss.triplet_on", "pan_model.losses:TRIPLET_FEATURES"),
+        ("loss.triplet_on", "pan_model.engine.losses:TRIPLET_FEATURES"),
     ],
 )
 def test_choices_are_the_registry_the_code_builds_from(key, registry):
@@ -216,3 +216,22 @@ def test_cuhk03_recipes_are_the_occluded_duke_ones_on_another_dataset(arch):
     assert cuhk["output_dir"] != duke["output_dir"]
     del cuhk["output_dir"], duke["output_dir"]
     assert cuhk == duke
+
+
+def test_training_components_default_to_the_recipe():
+    """ReIDLoss, build_optimizer and WarmupMultiStepLR take the config's defaults, the recipe's
+    one home, for every option the config has (the trainer passes config.loss as keywords)."""
+    import inspect
+
+    from pan_model.config import LossConfig, OptimConfig
+    from pan_model.engine.losses import ReIDLoss
+    from pan_model.engine.optim import WarmupMultiStepLR, build_optimizer
+
+    def defaults(function):
+        return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+    assert defaults(ReIDLoss) == dataclasses.asdict(LossConfig())
+    optim = {**defaults(build_optimizer), **defaults(WarmupMultiStepLR)}
+    optim.pop("last_epoch")
+    recipe = dataclasses.asdict(OptimConfig())
+    assert optim == {name: value for name, value in recipe.items() if name != "milestones"}

@@ -16,7 +16,7 @@ from pan_model.config import load_config
 from pan_model.engine import NonFiniteLossError, WarmupMultiStepLR, build_optimizer, load_checkpoint, load_model, train
 from pan_model.engine.run_log import RunLog, read_log
 from pan_model.engine.trainer import _Progress
-from pan_model.losses import ReIDLoss
+from pan_model.engine.losses import ReIDLoss
 
 SMOKE = Path(__file__).resolve().parent.parent / "pan_model" / "configs" / "smoke.yaml"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pan_model.losses import (
+from pan_model.engine.losses import (
     BatchHardTripletLoss,
     CrossEntropyLabelSmooth,
     MaskDecorrelationLoss,

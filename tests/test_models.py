@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import pan_model
 import pan_ops
 from pan_model.backbones import build_backbone
-from pan_model.losses import ReIDLoss
+from pan_model.engine.losses import ReIDLoss
 from pan_model.models import get_masks
 from pan_model.reporting.profiling import count_flops, count_parameters, profile_model
 

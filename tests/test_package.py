@@ -16,7 +16,7 @@ PACKAGE = Path(pan_model.__file__).parent
 def test_top_level_holds_the_rooms_and_the_drivers_only():
     modules = {p.stem for p in PACKAGE.glob("*.py")}
     rooms = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert modules == {"__init__", "cli", "config", "demo"}
+    assert modules == {"__init__", "cli", "config", "demo", "registry"}
     assert {"data", "models", "engine", "evaluation", "reporting"} <= rooms
 
 

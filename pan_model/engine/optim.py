@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
+from ..config import OptimConfig
 from ..registry import Registry
 
 # (parameters or parameter groups, lr, weight_decay, momentum) -> optimiser
@@ -35,11 +36,11 @@ def _sgd(parameters: list, lr: float, weight_decay: float, momentum: float) -> t
 
 def build_optimizer(
     model: torch.nn.Module,
-    name: str = "adam",
-    lr: float = 3.5e-4,
-    weight_decay: float = 5e-4,
-    momentum: float = 0.9,
-    mask_lr_factor: float = 1.0,
+    name: str = OptimConfig.name,
+    lr: float = OptimConfig.lr,
+    weight_decay: float = OptimConfig.weight_decay,
+    momentum: float = OptimConfig.momentum,
+    mask_lr_factor: float = OptimConfig.mask_lr_factor,
 ) -> torch.optim.Optimizer:
     """The optimiser `name` (OPTIMIZERS) over the model's trainable parameters.
     mask_lr_factor != 1 puts the parameters of a PAN model's mask generator in a group of
@@ -69,9 +70,9 @@ class WarmupMultiStepLR(LRScheduler):
         self,
         optimizer: torch.optim.Optimizer,
         milestones: Sequence[int],
-        gamma: float = 0.1,
-        warmup_epochs: int = 20,
-        warmup_factor: float = 0.1,
+        gamma: float = OptimConfig.gamma,
+        warmup_epochs: int = OptimConfig.warmup_epochs,
+        warmup_factor: float = OptimConfig.warmup_factor,
         last_epoch: int = -1,
     ):
         if list(milestones) != sorted(milestones):

@@ -31,7 +31,7 @@ from torch import nn
 
 from .. import build_model
 from ..config import Config
-from ..losses import ReIDLoss
+from .losses import ReIDLoss
 from ..models import unwrap_model
 from . import distributed
 from .checkpoint import capture_rng_state, check_resumable, load_checkpoint, restore_rng_state, save_checkpoint

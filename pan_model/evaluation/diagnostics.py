@@ -32,7 +32,7 @@ from typing import Iterable
 import torch
 
 from .retrieval import evaluate_features, extract_features
-from ..losses import mask_correlations, mask_overlaps
+from ..engine.losses import mask_correlations, mask_overlaps
 from ..models import eval_mode, unwrap_model
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import Registry
+from ..config import LossConfig
+from ..registry import Registry
 
 
 def _check_batch(owner: str, name: str, width: str, values: torch.Tensor, targets: torch.Tensor) -> None:
@@ -152,13 +153,13 @@ class ReIDLoss(nn.Module):
 
     def __init__(
         self,
-        label_smoothing: float = 0.1,
-        triplet_margin: Optional[float] = None,
-        id_weight: float = 1.0,
-        triplet_weight: float = 1.0,
-        mask_decorrelation_weight: float = 0.0,
-        mask_overlap_weight: float = 0.0,
-        triplet_on: str = "global",
+        label_smoothing: float = LossConfig.label_smoothing,
+        triplet_margin: Optional[float] = LossConfig.triplet_margin,
+        id_weight: float = LossConfig.id_weight,
+        triplet_weight: float = LossConfig.triplet_weight,
+        mask_decorrelation_weight: float = LossConfig.mask_decorrelation_weight,
+        mask_overlap_weight: float = LossConfig.mask_overlap_weight,
+        triplet_on: str = LossConfig.triplet_on,
     ):
         super().__init__()
         for name, weight in (("mask_decorrelation_weight", mask_decorrelation_weight), ("mask_overlap_weight", mask_overlap_weight)):
