@@ -6,7 +6,7 @@ from typing import Iterator
 import torch
 
 from . import _library, reference, triton_kernels
-from ._validation import BACKENDS, check_backend, check_inputs
+from ._validation import check_backend, check_inputs
 from .reference import DEFAULT_EPS
 
 # The backend every call runs on inside force_backend(), whatever it asked for; None outside.

@@ -17,12 +17,12 @@ import contextlib
 import random
 import signal
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .. import data
 from ..config import Config, ConfigError
 from .distributed import DistributedContext
 
@@ -140,8 +140,6 @@ def _loader_options(num_workers: int, pin_memory: bool) -> dict:
 def build_test_loader(config: Config, items, pin_memory: bool = False) -> DataLoader:
     """The images of `items` ((img_path, pid, camid) triples) with the test transform, in
     order, ``data.test_batch_size`` at a time: batches of (images, pids, camids)."""
-    from .. import data
-
     cfg = config.data
     images = data.ImageDataset(items, data.build_transforms(cfg.height, cfg.width, is_train=False))
     return DataLoader(
@@ -161,8 +159,6 @@ def per_process_batch(config: Config, world_size: int) -> int:
     identities of data.num_instances images (data.identities_per_process), at least two,
     since the batch-hard triplet loss looks for each anchor's negative among its own
     process's images."""
-    from .. import data
-
     cfg = config.data
     try:
         identities = data.identities_per_process(cfg.batch_size, cfg.num_instances, world_size, at_least=2, prefix="data.")
@@ -172,8 +168,6 @@ def per_process_batch(config: Config, world_size: int) -> int:
 
 
 def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
-    from .. import data
-
     cfg = config.data
     batch_size = per_process_batch(config, context.world_size)
     dataset = data.prepare_dataset(config.data)
