@@ -689,8 +689,6 @@ pool_backward_masks_kernel(const T* __restrict__ masks, const acc_t<T>* __restri
 // Host side
 // ---------------------------------------------------------------------------
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
 // F as the kernels read it: dense NCHW or channels_last, else a dense copy in the
 // memory format torch suggests for it (the one empty_like gives such a tensor).
 struct FeatureView {
