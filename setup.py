@@ -103,7 +103,8 @@ def extensions():
             extra_link_args=["-fopenmp"],
             define_macros=define_macros,
             # The CPU kernel is not among the sources: a change to it, or to a header, must still relink.
-            depends=[CPU_KERNEL, *sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True))],
+            depends=[CPU_KERNEL, *sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True))]
+            + sorted(glob.glob(os.path.join("csrc", "**", "*.cuh"), recursive=True)),
         )
     ]
 

@@ -27,4 +27,9 @@ inline std::vector<int64_t> output_shape(const at::Tensor& features, const at::T
   return {features.size(0), masks.size(1), features.size(1)};
 }
 
+// ceil(n / d) for n >= 0 and d > 0: tile and chunk counts of the CPU and CUDA kernels.
+inline int64_t ceil_div(int64_t n, int64_t d) {
+  return (n + d - 1) / d;
+}
+
 }  // namespace pan_ops

@@ -16,7 +16,7 @@ from op_utils import DTYPES, LAYOUTS, assert_matches_float64, ground_truth, make
 
 REPO = Path(__file__).resolve().parent.parent
 EMULATOR = Path(__file__).resolve().parent / "cuda_emulation" / "emulator.cpp"
-KERNEL_SOURCES = [EMULATOR, REPO / "csrc" / "cuda" / "weighted_pool_kernels.cuh", REPO / "csrc" / "weighted_pool.h"]
+KERNEL_SOURCES = [EMULATOR, *sorted((REPO / "csrc" / "cuda").glob("*.cuh")), REPO / "csrc" / "weighted_pool.h"]
 
 
 @pytest.fixture(scope="module")

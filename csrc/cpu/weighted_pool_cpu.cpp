@@ -89,11 +89,7 @@ struct VectorOf {
 };
 
 int64_t round_up(int64_t n, int64_t multiple) {
-  return (n + multiple - 1) / multiple * multiple;
-}
-
-int64_t ceil_div(int64_t n, int64_t d) {
-  return (n + d - 1) / d;
+  return ceil_div(n, multiple) * multiple;
 }
 
 // Stride of the flattened index h * W + w, when (H, W) collapse into one dimension.

@@ -1,7 +1,7 @@
 // CUDA registration of pan_ops::weighted_pool and its private backward: input
 // checks, device guard and launches on the current stream. The kernels and their design are
-// in weighted_pool_kernels.cuh.
-#include "weighted_pool_kernels.cuh"
+// in weighted_pool_kernels.cuh, the planning of their launches in weighted_pool_launch.cuh.
+#include "weighted_pool_launch.cuh"
 
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

@@ -1,6 +1,7 @@
-// The CUDA kernels of csrc/cuda/weighted_pool_kernels.cuh, compiled for the CPU and run under
-// an emulation of the parts of CUDA's execution model they use, so that machines without a
-// GPU (this project's CI) run the real kernel code against the float64 reference.
+// The CUDA kernels of csrc/cuda/weighted_pool_kernels.cuh and the op's launch planning of
+// csrc/cuda/weighted_pool_launch.cuh, compiled for the CPU and run under an emulation of the
+// parts of CUDA's execution model they use, so that machines without a GPU (this project's CI)
+// run the real kernel code against the float64 reference.
 //
 // Each CTA of a grid runs as one OS thread per CUDA thread; CTAs run one after another, so a
 // kernel's __shared__ arrays can be function-local statics. __syncthreads is a barrier over
@@ -88,7 +89,7 @@ V __shfl_xor_sync(unsigned /*mask: every kernel here shuffles with the whole war
 using std::fabs;
 using std::min;
 
-#include "weighted_pool_kernels.cuh"
+#include "weighted_pool_launch.cuh"
 
 // Runs each launch's grid to completion when it is made, so launches run in order.
 struct GridLauncher {
