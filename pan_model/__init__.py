@@ -2,8 +2,9 @@
 PCB and global baselines, data, metrics and the training engine.
 
 The sub-packages follow the data: data -> models -> engine (training) -> evaluation ->
-reporting; config.py is the recipe every stage reads, registry.py the name -> builder
-tables they choose from, and cli.py and demo.py drive them.
+reporting (evaluation imports no engine code; the trainer calls evaluation). config.py is
+the recipe every stage reads, registry.py the name -> builder tables they choose from, and
+cli.py and demo.py drive them.
 """
 
 import importlib

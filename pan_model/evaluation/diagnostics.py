@@ -8,7 +8,7 @@ Mask statistics (learned masks only), averaged over the query images:
                      to a mask's constant component)
   leading_eigenvalue share of the mean correlation matrix's largest eigenvalue (1/P when the
                      masks are independent, 1 when they are one map)
-  mean_overlap       mean uncentred cosine between |m_p| and |m_q| (losses.mask_overlaps):
+  mean_overlap       mean uncentred cosine between |m_p| and |m_q| (models.masks.mask_overlaps):
                      1 when all masks weigh the same positions, whatever their sign
   constant_share     share of a mask's energy in its mean: mean(m)^2 / mean(m^2); 1 for a
                      constant mask. contrast = 1 - constant_share
@@ -32,8 +32,8 @@ from typing import Iterable
 import torch
 
 from .retrieval import evaluate_features, extract_features
-from ..engine.losses import mask_correlations, mask_overlaps
 from ..models import eval_mode, unwrap_model
+from ..models.masks import mask_correlations, mask_overlaps
 
 
 @torch.no_grad()
