@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pan_model.data import prepare_dataset
 from pan_model.engine import load_model
-from pan_model.engine.loaders import build_test_loader
+from pan_model.engine.loaders import build_test_loaders
 from pan_model.evaluation.diagnostics import part_diagnostics
 
 
@@ -46,9 +45,8 @@ def main(argv=None) -> int:
 
     for path in args.checkpoints:
         model, config = load_model(path)
-        dataset = prepare_dataset(config.data)
-        queries = build_test_loader(config, dataset.query)
-        stats = part_diagnostics(model, queries, build_test_loader(config, dataset.gallery))
+        _, queries, gallery = build_test_loaders(config)
+        stats = part_diagnostics(model, queries, gallery)
         print(json.dumps({"checkpoint": path, **stats}) if args.json else f"{path}\n{describe(stats)}\n")
     return 0
 

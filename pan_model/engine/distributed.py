@@ -65,8 +65,8 @@ def barrier() -> None:
 
 def any_rank_true(flags: Sequence[bool], device: torch.device) -> list[bool]:
     """For each flag, whether it is true in any process: one all_reduce for all of them, so a
-    training step that needs several agreements pays for one round trip (the flags
-    themselves without a process group)."""
+    caller that needs several agreements pays for one round trip (the flags themselves
+    without a process group)."""
     if not dist.is_initialized():
         return [bool(flag) for flag in flags]
     values = torch.tensor([1 if flag else 0 for flag in flags], device=device)
@@ -75,10 +75,9 @@ def any_rank_true(flags: Sequence[bool], device: torch.device) -> list[bool]:
 
 
 def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """The element-wise sum of `values` over all processes (`values` itself without a
-    process group)."""
+    """The element-wise sum of `values` over all processes, summed in place (pass a
+    temporary); `values` as it is without a process group."""
     if dist.is_initialized():
-        values = values.clone()
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 

@@ -55,10 +55,7 @@ class EpochSampler(Sampler):
                 yield int(index), seed
 
     def state_dict(self) -> dict:
-        state = {"seed": self.seed, "epoch": self.epoch}
-        if hasattr(self.sampler, "state_dict"):
-            state["sampler"] = self.sampler.state_dict()
-        return state
+        return {"seed": self.seed, "epoch": self.epoch, "sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a saved run's data stream (its seed); the wrapped sampler checks that the
@@ -169,7 +166,7 @@ def per_process_batch(config: Config, world_size: int) -> int:
 
 def build_run_data(config: Config, context: DistributedContext, pin_memory: bool = False) -> RunData:
     cfg = config.data
-    batch_size = per_process_batch(config, context.world_size)
+    per_process_batch(config, context.world_size)  # the check, before any work: at least 2 identities a process
     dataset = data.prepare_dataset(config.data)
     train_set = data.ImageDataset(
         dataset.train, data.build_transforms(cfg.height, cfg.width, is_train=True, **cfg.augment)
@@ -183,10 +180,9 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
         world_size=context.world_size,
     )
     epoch_sampler = EpochSampler(identity_sampler, config.train.seed)
-
     train_loader = DataLoader(
         SeededDataset(train_set),
-        batch_size=batch_size,
+        batch_size=identity_sampler.share,
         sampler=epoch_sampler,
         drop_last=True,
         persistent_workers=cfg.num_workers > 0,
@@ -198,5 +194,5 @@ def build_run_data(config: Config, context: DistributedContext, pin_memory: bool
         epoch_sampler,
         build_test_loader(config, dataset.query, pin_memory),
         build_test_loader(config, dataset.gallery, pin_memory),
-        batch_size,
+        identity_sampler.share,
     )

@@ -237,7 +237,8 @@ class Trainer:
         if there is one; otherwise the run starts from the beginning."""
         if path == AUTO_RESUME:
             path = self.checkpoint_path
-            found, missing = distributed.any_rank_true([path.is_file(), not path.is_file()], self.device)
+            exists = path.is_file()
+            found, missing = distributed.any_rank_true([exists, not exists], self.device)
             if found and missing:
                 raise RuntimeError(f"{path} exists for some processes only: output_dir must be storage they all share")
             if not found:

@@ -9,10 +9,10 @@ Protocol of `evaluate_rank`, per query:
   * CMC(k) = 1 when a match is within the first k; AP = mean of the precision at each
     match; INP = (#matches) / (rank of the last match).
 
-How it stays fast: no argsort and no per-query loop over the gallery. Each distance row
-is value-sorted in float32 (numpy's SIMD sort, rows spread over threads), and only the
-few gallery images sharing the query's pid are then located in it by binary search; the
-rest of the protocol works on those positions alone.
+How it stays fast: no sort and no per-query loop over the gallery. Only the few gallery
+images sharing the query's pid are placed in their row's ranking, by counting the distances
+below each (rows spread over threads); the rest of the protocol works on those positions
+alone.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def rank_queries(distmat, q_pids, g_pids, q_camids, g_camids) -> QueryRanks:
         return _ranking_positions(distmat[start : start + rows_per_chunk], query[pairs] - start, gallery[pairs])
 
     workers = min(len(chunk_starts), os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:  # numpy's sort releases the GIL
+    with ThreadPoolExecutor(workers) as pool:  # numpy's comparisons and counts release the GIL
         position = np.concatenate(list(pool.map(chunk_positions, range(len(chunk_starts)))))
 
     # Split same-pid gallery images into junk (same camera) and true matches.

@@ -27,7 +27,6 @@ ARCHITECTURES.add("pcb", PCB)
 ARCHITECTURES.add("global", GlobalModel)
 
 
-
 def architecture_defaults(arch: str) -> dict:
     """The options the architecture registered as `arch` accepts, with their defaults: its
     class's signature is their one home (the config's null options resolve to them)."""
