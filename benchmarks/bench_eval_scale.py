@@ -53,8 +53,7 @@ def _resident_bytes(field: str) -> int:
 
 def run_case(case: str, num_query: int, num_gallery: int, dim: int, query_block, metric: str = "euclidean") -> dict:
     """One case in this process: seconds and peak memory beyond the features."""
-    from pan_model.evaluation import metrics
-    from pan_model.evaluation import evaluate_features
+    from pan_model.evaluation import evaluate_features, metrics
 
     query, gallery, *labels = make_features(num_query, num_gallery, dim)
     baseline = _resident_bytes("VmRSS")

@@ -82,7 +82,12 @@ def measure(impl: str, calls: int) -> dict:
 
 
 def source_digest() -> str:
-    files = [REPO / "setup.py", *sorted((REPO / "csrc").rglob("*"))]
+    """Of everything native_build copies (what the copy leaves out left out here too), so that a
+    change to any of it, pan_ops' Python included, builds a fresh variant."""
+    files = []
+    for name in NATIVE_SOURCES:
+        path = REPO / name
+        files += sorted(p for p in path.rglob("*") if "__pycache__" not in p.parts and p.suffix != ".so") if path.is_dir() else [path]
     return hashlib.sha256(b"".join(path.read_bytes() for path in files if path.is_file())).hexdigest()[:12]
 
 

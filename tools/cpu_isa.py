@@ -101,12 +101,10 @@ def functions(library) -> dict:
         if flags[5:7] == "df":
             file_symbols.append([])
         elif flags[6] == "F" and int(value, 16) not in found:
-            function = Function(name, int(value, 16), level="baseline")
+            function = Function(name, int(value, 16), level=named_level(name) or "baseline")
             found[function.address] = function
             if flags[0] == "l" and file_symbols:
                 file_symbols[-1].append(function)
-    for function in found.values():
-        function.level = named_level(function.name) or function.level
     for local in file_symbols:
         levels = {function.level for function in local} - {"baseline"}
         if len(levels) == 1:  # an object of one level: its clones and initialiser are that level's too

@@ -191,8 +191,8 @@ struct SumLine {
   // The whole line from or to memory of any alignment, one copy per vector. A single copy of
   // the line is split into the target's widest plain moves, 16 bytes for AVX2 under GCC's
   // generic tuning, and goes through the stack: 32-byte loads of 16-byte stores, a
-  // store-forwarding stall in every step of the product (the AVX2 level ran 4x slower than
-  // the AVX-512 one, benchmarks/RESULTS.md).
+  // store-forwarding stall in every step of the product (benchmarks/RESULTS.md, CPU
+  // instruction-set levels: what profiles showed).
   void load(const acc_t* src) {
     for (int v = 0; v < kVectors; ++v) std::memcpy(&vectors[v], src + v * kLanes, sizeof(vec_t));
   }
